@@ -1,0 +1,259 @@
+"""MEFL: AFG, GEM and the gated GNN with the similarity heads (SPEC §2-6)."""
+from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn import Linear, Module, Parameter
+from torch_geometric.data import Data
+
+from .aus import OPENGRAPHAU_SUB_SOURCES, check_au_names, default_au_names
+from .blocks import AUFeatureBlocks, LinearBlock
+from .checkpoint import (LAYOUTS, SOURCES, CheckpointParts, HeadConfig, detect_source, log,
+                         read_checkpoint, read_config, split_checkpoint, to_native, to_published)
+from .gem import GraphEdgeModel
+from .gnn import GatedGNN
+from .graph import complete_au_graph, edge_slots
+
+
+class MEFLOutput(NamedTuple):
+    """What :meth:`MEFL.forward` returns with ``return_edges=True``.
+
+    ``probs``: ``[B, num_main_aus + num_sub_aus]`` (NaN for AUs a face graph does not hold).
+    ``edge_attr``: final edge features, ``[B, N*N, C]`` in the reference edge order for a tensor
+    input, ``[E, C]`` aligned with ``batch.edge_index`` for a ``Data``/``Batch`` input.
+    ``edge_logits``: relation logits of the edge head, shaped like ``edge_attr`` with 4 classes,
+    or :obj:`None` without the edge head.
+    """
+    probs: Tensor
+    edge_attr: Tensor
+    edge_logits: Optional[Tensor]
+
+
+def _cosine(x: Tensor, prototype: Tensor) -> Tensor:
+    # normalise-then-dot, as published: a zero vector scores 0 instead of NaN
+    return (F.normalize(x, dim=-1) * F.normalize(torch.relu(prototype), dim=-1)).sum(dim=-1)
+
+
+class MEFL(Module):
+    r"""Multi-dimensional edge feature learning (MEFL), stage 2 of `"Learning Multi-dimensional
+    Edge Feature-based AU Relation Graph for Facial Action Unit Recognition"
+    <https://arxiv.org/abs/2205.01782>`_, as PyG layers over an explicit AU graph.
+
+    For each face: AU-specific token sets :math:`\mathbf{U}_i` (:class:`AUFeatureBlocks`), node
+    features :math:`\mathbf{v}_i = \mathrm{mean}_d \mathbf{U}_i`, multi-dimensional edge
+    features from the :class:`GraphEdgeModel`, ``num_layers`` :class:`GatedGNNLayer` with the
+    per-slot norm, and the similarity head
+
+    .. math::
+        p_i = \cos\big(\mathbf{v}_i, \mathrm{ReLU}(\mathbf{s}_{a(i)})\big),
+
+    sub AUs scored from their main node, and optionally a 4-class edge head on the final edges.
+
+    Args:
+        in_channels (int): Token width :math:`C`.
+        num_main_aus (int): Size of the AU vocabulary (graph nodes). (default: :obj:`27`)
+        num_sub_aus (int): Sub AUs scored from main nodes. (default: :obj:`14`)
+        num_layers (int): Gated GNN layers. (default: :obj:`2`)
+        residual (str): ``"post"`` (OpenGraphAU, mexca) or ``"pre"`` (ME-GraphAU).
+        edge_head (bool): Add ME-GraphAU's ``Linear(C, 4)`` relation head. (default: :obj:`False`)
+        au_names (list of str, optional): Output names, main then sub (default: the published
+            names for 27, 12 and 8 AUs and 14 sub AUs).
+        sub_au_sources (list of int, optional): Main AU index of each sub AU (default: the
+            published mapping when ``num_sub_aus == 14``).
+        dropout (float): Dropout before the AU blocks. (default: :obj:`0.0`)
+
+    Shapes:
+        - **input:** tokens :math:`(B, D, C)`, or a ``Data``/``Batch`` of :func:`face_graph`
+        - **output:** probabilities :math:`(B, N + S)`, or :class:`MEFLOutput`
+    """
+
+    def __init__(self, in_channels: int, num_main_aus: int = 27, num_sub_aus: int = 14,
+                 num_layers: int = 2, residual: str = "post", edge_head: bool = False,
+                 au_names: Optional[Sequence[str]] = None,
+                 sub_au_sources: Optional[Sequence[int]] = None, dropout: float = 0.0):
+        super().__init__()
+        for name, value, low in (("in_channels", in_channels, 2), ("num_main_aus", num_main_aus, 1),
+                                 ("num_sub_aus", num_sub_aus, 0), ("num_layers", num_layers, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+        self.in_channels = in_channels
+        self.num_main_aus = num_main_aus
+        self.num_sub_aus = num_sub_aus
+        self.au_names: List[str] = (check_au_names(au_names, num_main_aus + num_sub_aus)
+                                    or default_au_names(num_main_aus, num_sub_aus))
+        if sub_au_sources is None:
+            if num_sub_aus not in (0, 14):
+                raise ValueError(f"sub_au_sources: required for num_sub_aus={num_sub_aus} "
+                                 f"(the published mapping covers 14 sub AUs)")
+            sub_au_sources = OPENGRAPHAU_SUB_SOURCES[:num_sub_aus]
+        sub_au_sources = list(sub_au_sources)
+        if len(sub_au_sources) != num_sub_aus or not all(
+                0 <= s < num_main_aus for s in sub_au_sources):
+            raise ValueError(f"sub_au_sources: expected {num_sub_aus} main AU indices in "
+                             f"[0, {num_main_aus}), got {sub_au_sources}")
+        self.register_buffer("sub_au_sources", torch.tensor(sub_au_sources, dtype=torch.long),
+                             persistent=False)
+        self.afg = AUFeatureBlocks(num_main_aus, in_channels, dropout)
+        self.gem = GraphEdgeModel(in_channels, num_edge_slots=num_main_aus ** 2)
+        self.gnn = GatedGNN(in_channels, num_layers, norm="slot", num_node_slots=num_main_aus,
+                            num_edge_slots=num_main_aus ** 2, residual=residual)
+        self.main_sc = Parameter(torch.empty(num_main_aus, in_channels))
+        self.sub_sc = Parameter(torch.empty(num_sub_aus, in_channels)) if num_sub_aus else None
+        self.edge_head = Linear(in_channels, 4) if edge_head else None
+        self.reset_parameters()
+
+    @property
+    def residual(self) -> str:
+        return self.gnn.layers[0].residual
+
+    def reset_parameters(self) -> None:
+        self.afg.reset_parameters()
+        self.gem.reset_parameters()
+        self.gnn.reset_parameters()
+        torch.nn.init.xavier_uniform_(self.main_sc)
+        if self.sub_sc is not None:
+            torch.nn.init.xavier_uniform_(self.sub_sc)
+        if self.edge_head is not None:
+            self.edge_head.reset_parameters()
+
+    def forward(self, x: Union[Tensor, Data],
+                return_edges: bool = False) -> Union[Tensor, MEFLOutput]:
+        tokens, au_id, edge_index, batch = self._graph_inputs(x)
+        num_faces = tokens.size(0)
+        node_tokens = self.afg(tokens, au_id, batch)
+        edge_slot = edge_slots(edge_index, au_id, self.num_main_aus)
+        edge_attr = self.gem(tokens, node_tokens, edge_index, batch, edge_slot)
+        node_x, edge_attr = self.gnn(node_tokens.mean(dim=1), edge_index, edge_attr, au_id,
+                                     edge_slot)
+        probs = self._similarity_head(node_x, au_id, batch, num_faces)
+        if not return_edges:
+            return probs
+        edge_logits = self.edge_head(edge_attr) if self.edge_head is not None else None
+        if isinstance(x, Tensor):
+            edge_attr = edge_attr.view(num_faces, -1, edge_attr.size(-1))
+            edge_logits = None if edge_logits is None else edge_logits.view(num_faces, -1, 4)
+        return MEFLOutput(probs, edge_attr, edge_logits)
+
+    def _graph_inputs(self, x: Union[Tensor, Data]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        if isinstance(x, Tensor):
+            if x.dim() != 3 or x.size(-1) != self.in_channels:
+                raise ValueError(f"tokens: expected shape [B, D, {self.in_channels}], "
+                                 f"got {tuple(x.shape)}")
+            num_faces, num_aus = x.size(0), self.num_main_aus
+            au_id = torch.arange(num_aus, device=x.device).repeat(num_faces)
+            batch = torch.arange(num_faces, device=x.device).repeat_interleave(num_aus)
+            return x, au_id, complete_au_graph(num_aus, num_faces, x.device), batch
+        if not isinstance(x, Data) and not hasattr(x, "tokens"):
+            raise TypeError(f"MEFL: expected a tokens tensor [B, D, C] or a face_graph "
+                            f"Data/Batch, got {type(x).__name__}")
+        batch = x.batch if getattr(x, "batch", None) is not None else \
+            torch.zeros(x.num_nodes, dtype=torch.long, device=x.tokens.device)
+        return x.tokens, x.au_id, x.edge_index, batch
+
+    def _similarity_head(self, node_x: Tensor, au_id: Tensor, batch: Tensor,
+                         num_faces: int) -> Tensor:
+        num_aus = self.num_main_aus
+        present = torch.zeros(num_faces * num_aus, dtype=torch.bool, device=node_x.device)
+        present[batch * num_aus + au_id] = True
+        present = present.view(num_faces, num_aus)
+        main = node_x.new_zeros(num_faces * num_aus).index_put(
+            (batch * num_aus + au_id,), _cosine(node_x, self.main_sc[au_id])).view(num_faces, -1)
+        if self.sub_sc is not None:
+            features = node_x.new_zeros(num_faces * num_aus, node_x.size(-1)).index_put(
+                (batch * num_aus + au_id,), node_x).view(num_faces, num_aus, -1)
+            sub = _cosine(features[:, self.sub_au_sources], self.sub_sc)
+            main = torch.cat([main, sub], dim=1)
+            present = torch.cat([present, present[:, self.sub_au_sources]], dim=1)
+        return main.masked_fill(~present, float("nan"))
+
+    @classmethod
+    def from_pretrained(cls, checkpoint, source: Optional[str] = None) -> "MEFL":
+        r"""A MEFL with the weights of a published checkpoint (SPEC §8), loaded strictly.
+
+        Args:
+            checkpoint (str, os.PathLike or Mapping): A file or a state dict: a whole-model
+                checkpoint (the head under ``head.``) or the head's own state dict, optionally
+                wrapped as ``{"state_dict": ...}`` and with ``module.`` prefixes.
+            source (str, optional): ``"mexca"``, ``"opengraphau"`` or ``"me-graphau"``;
+                detected from the key names if :obj:`None`.
+
+        Sizes, sub AUs, the edge head and the residual variant come from the checkpoint. Every
+        head key must be used and every parameter filled: a missing or unexpected key raises
+        :class:`KeyError`, a wrong shape :class:`ValueError`. The global linear block and the
+        backbone keys of a whole-model checkpoint are kept in ``model.checkpoint``
+        (:class:`CheckpointParts`).
+        """
+        head, parts = split_checkpoint(read_checkpoint(checkpoint))
+        if source is None:
+            source = detect_source(head)
+        elif source not in SOURCES:
+            raise ValueError(f"source: expected one of {SOURCES} or None, got {source!r}")
+        config = read_config(head, source)
+        model = cls(config.in_channels, config.num_main_aus, config.num_sub_aus,
+                    config.num_layers, config.residual, config.edge_head)
+        expected = {k: v.shape for k, v in model.state_dict().items()}
+        model.load_state_dict(to_native(head, source, config, expected), strict=True)
+        model.checkpoint = CheckpointParts(source, _global_linear(parts["global_linear"]),
+                                           parts["backbone"])
+        if parts["backbone"]:
+            log.info("MEFL.from_pretrained: %d backbone tensors set aside in "
+                     "model.checkpoint.backbone (e.g. %s)", len(parts["backbone"]),
+                     next(iter(parts["backbone"])))
+        return model
+
+    def to_published_state_dict(self, layout: str, whole_model: bool = False) -> dict:
+        """The weights in a published ``layout`` (``"mexca"``, ``"opengraphau"``,
+        ``"me-graphau"``). With ``whole_model``, head keys get the ``head.`` prefix and the
+        global linear block and backbone of ``self.checkpoint`` (if loaded) are added."""
+        if layout not in SOURCES:
+            raise ValueError(f"layout: expected one of {SOURCES}, got {layout!r}")
+        config = HeadConfig(self.in_channels, self.num_main_aus, self.num_sub_aus,
+                            len(self.gnn.layers), self.edge_head is not None, self.residual)
+        published_residual = LAYOUTS[layout]["residual"]
+        if config.residual != published_residual:
+            raise ValueError(f"layout {layout!r} holds residual={published_residual!r} models; "
+                             f"this model has residual={config.residual!r}")
+        if config.num_sub_aus and layout == "me-graphau":
+            raise ValueError("layout 'me-graphau' has no sub AUs; this model has "
+                             f"num_sub_aus={config.num_sub_aus}")
+        if config.edge_head and layout != "me-graphau":
+            raise ValueError(f"layout {layout!r} has no edge head; this model has one")
+        head = to_published(self.state_dict(), layout, config)
+        if not whole_model:
+            return head
+        parts = getattr(self, "checkpoint", None)
+        out = dict(parts.backbone) if parts else {}
+        if parts and parts.global_linear is not None:
+            prefix = LAYOUTS[layout]["global_linear"]
+            out.update((f"{prefix}.{k.replace('lin.', 'fc.', 1).replace('norm.', 'bn.', 1)}",
+                        v.detach().clone()) for k, v in parts.global_linear.state_dict().items())
+        out.update((f"head.{k}", v) for k, v in head.items())
+        return out
+
+    def __repr__(self) -> str:
+        return (f"{self.__class__.__name__}({self.in_channels}, num_main_aus={self.num_main_aus}, "
+                f"num_sub_aus={self.num_sub_aus}, residual={self.residual!r}, "
+                f"edge_head={self.edge_head is not None})")
+
+
+def _global_linear(state: dict) -> Optional[LinearBlock]:
+    """The published global linear block (``fc``/``bn`` under ``global_linear`` or
+    ``linear_global``) as a :class:`LinearBlock`, loaded strictly."""
+    if not state:
+        return None
+    native = {}
+    for key, value in state.items():
+        _, module, name = key.split(".", 2)
+        if module not in ("fc", "bn"):
+            raise KeyError(f"unexpected key '{key}' in the global linear block "
+                           f"(expected .fc.* and .bn.*)")
+        native[f"{'lin' if module == 'fc' else 'norm'}.{name}"] = value
+    if "lin.weight" not in native:
+        raise KeyError("missing key '<global_linear>.fc.weight' of the global linear block")
+    out_channels, in_channels = native["lin.weight"].shape
+    block = LinearBlock(in_channels, out_channels)
+    missing, unexpected = block.load_state_dict(native, strict=False)
+    if missing or unexpected:
+        raise KeyError(f"global linear block: missing {missing}, unexpected {unexpected}")
+    return block

@@ -1,0 +1,150 @@
+"""Batch normalisation with one statistic per AU slot (SPEC §4-5)."""
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import Module, Parameter
+from torch_geometric.utils import scatter
+
+Moments = Tuple[Tensor, Tensor, int]
+
+
+class SlotBatchNorm(Module):
+    r"""Batch normalisation whose statistics are kept per *slot* (an AU node, or an AU pair)
+    rather than per channel, as the published MEFL code normalises ``[B, N, C]`` with
+    ``BatchNorm1d(N)`` and ``[B, N², D, C]`` with ``BatchNorm2d(N²)``.
+
+    Each row of the input belongs to the slot ``slot[row]``. In training, slot :math:`s` is
+    normalised with the mean and biased variance of all rows of slot :math:`s` in the batch
+
+    .. math::
+        \mathrm{SBN}(\mathbf{x}_r) = \frac{\mathbf{x}_r - \mu_{s(r)}}
+        {\sqrt{\sigma^2_{s(r)} + \epsilon}} \gamma_{s(r)} + \beta_{s(r)},
+
+    and the running statistics of the slots present are updated exactly as
+    :class:`torch.nn.BatchNorm1d` does (momentum, unbiased running variance). Unlike PyG's
+    :class:`~torch_geometric.nn.norm.BatchNorm` (one statistic per channel), this reproduces
+    the published per-slot layers, and the slots a batch lacks keep their statistics.
+
+    Args:
+        num_slots (int): Number of slots.
+        num_channels (int, optional): If given, statistics are kept per (slot, channel) with the
+            channel as the last input dimension (one ``BatchNorm1d(C)`` per AU). If :obj:`None`,
+            one mean and variance per slot over all other dimensions, with a scalar affine.
+        eps (float): Added to the variance. (default: :obj:`1e-5`)
+        momentum (float, optional): Running-statistics momentum; :obj:`None` for a cumulative
+            average. (default: :obj:`0.1`)
+        affine (bool): Learn :math:`\gamma, \beta`. (default: :obj:`True`)
+        track_running_stats (bool): Keep running statistics for evaluation.
+            (default: :obj:`True`)
+
+    Shapes:
+        - **input:** ``x`` :math:`(M, *)`, ``slot`` :math:`(M)` with values in
+          ``[0, num_slots)``
+        - **output:** :math:`(M, *)`
+    """
+
+    def __init__(self, num_slots: int, num_channels: Optional[int] = None, eps: float = 1e-5,
+                 momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True):
+        super().__init__()
+        self.num_slots = num_slots
+        self.num_channels = num_channels
+        self.eps = eps
+        self.momentum = momentum
+        self.affine = affine
+        self.track_running_stats = track_running_stats
+        shape = (num_slots,) if num_channels is None else (num_slots, num_channels)
+        if affine:
+            self.weight = Parameter(torch.empty(shape))
+            self.bias = Parameter(torch.empty(shape))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", torch.zeros(shape))
+            self.register_buffer("running_var", torch.ones(shape))
+            self.register_buffer("num_batches_tracked", torch.zeros(num_slots, dtype=torch.long))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+        self.reset_parameters()
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+            self.num_batches_tracked.zero_()
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        if self.affine:
+            torch.nn.init.ones_(self.weight)
+            torch.nn.init.zeros_(self.bias)
+
+    def row_moments(self, x: Tensor) -> Moments:
+        """Per-row ``(mean, sum of squared deviations, element count)`` of ``x``, reduced over
+        every dimension but the row (and the channel, with ``num_channels``)."""
+        rows = x.reshape(x.size(0), -1) if self.num_channels is None else \
+            x.reshape(x.size(0), -1, x.size(-1))
+        mean = rows.mean(dim=1)
+        m2 = (rows - mean.unsqueeze(1)).square().sum(dim=1)
+        return mean, m2, rows.size(1)
+
+    def forward(self, x: Tensor, slot: Tensor, moments: Optional[Moments] = None) -> Tensor:
+        r"""
+        Args:
+            x (torch.Tensor): Rows to normalise.
+            slot (torch.Tensor): Slot of each row.
+            moments (tuple, optional): Per-row ``(mean, M2, count)`` that define the batch
+                statistics instead of ``x`` itself: lets a caller normalise a token-average of a
+                tensor it never builds (BN is affine per slot, so it commutes with the average).
+        """
+        if self.num_channels is not None and x.size(-1) != self.num_channels:
+            raise ValueError(f"SlotBatchNorm: expected {self.num_channels} channels in the last "
+                             f"dimension, got input of shape {tuple(x.shape)}")
+        if self.training or not self.track_running_stats:
+            mean, var = self._batch_statistics(*(moments or self.row_moments(x)), slot)
+        else:
+            mean, var = self.running_mean, self.running_var
+        scale = torch.rsqrt(var + self.eps)
+        shift = mean
+        if self.affine:
+            scale = scale * self.weight
+        view = (-1,) + (1,) * (x.dim() - 1) if self.num_channels is None else \
+            (x.size(0),) + (1,) * (x.dim() - 2) + (x.size(-1),)
+        out = (x - shift[slot].view(view)) * scale[slot].view(view)
+        return out + self.bias[slot].view(view) if self.affine else out
+
+    def _batch_statistics(self, row_mean: Tensor, row_m2: Tensor, row_count: int,
+                          slot: Tensor) -> Tuple[Tensor, Tensor]:
+        # Chan et al.'s pairwise combination of per-row moments: stable without a second pass.
+        rows = scatter(torch.ones_like(slot, dtype=row_mean.dtype), slot, 0, self.num_slots, "sum")
+        rows = rows.view((-1,) + (1,) * (row_mean.dim() - 1))
+        mean = scatter(row_mean, slot, 0, self.num_slots, "sum") / rows.clamp(min=1)
+        deviation = (row_mean - mean[slot]).square() * row_count
+        count = rows * row_count
+        var = scatter(row_m2 + deviation, slot, 0, self.num_slots, "sum") / count.clamp(min=1)
+        if self.training and self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), count, rows.flatten() > 0)
+        return mean, var
+
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor,
+                              present: Tensor) -> None:
+        self.num_batches_tracked.add_(present.long())
+        if self.momentum is None:
+            factor = 1.0 / self.num_batches_tracked.clamp(min=1).to(self.running_mean.dtype)
+        else:
+            factor = torch.full_like(present, self.momentum, dtype=self.running_mean.dtype)
+        factor = torch.where(present, factor, torch.zeros_like(factor))
+        factor = factor.view((-1,) + (1,) * (mean.dim() - 1))
+        unbiased = var * count / (count - 1).clamp(min=1)
+        self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+        self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+
+    def extra_repr(self) -> str:
+        channels = "" if self.num_channels is None else f", num_channels={self.num_channels}"
+        return (f"{self.num_slots}{channels}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
