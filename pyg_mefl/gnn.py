@@ -9,6 +9,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.norm import BatchNorm
 from torch_geometric.utils import softmax
 
+from .checks import check_edge_attr, check_edge_index
 from .norm import SlotBatchNorm
 
 NORMS = (None, "batch", "slot")
@@ -105,6 +106,8 @@ class GatedGNNLayer(MessagePassing):
                 edge_slot: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         if self.norm_kind == "slot" and (node_slot is None or edge_slot is None):
             raise ValueError("GatedGNNLayer: norm='slot' needs node_slot and edge_slot")
+        check_edge_index(edge_index, x.size(0))
+        check_edge_attr(edge_attr, edge_index.size(1), self.in_channels)
         edge_attr = self.edge_updater(edge_index, ax=self.lin_a(x), bx=self.lin_b(x),
                                       edge_attr=edge_attr, edge_slot=edge_slot)
         out = self.lin_u(x) + self.propagate(edge_index, vx=self.lin_v(x),

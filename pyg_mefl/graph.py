@@ -5,6 +5,8 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from .checks import check_edge_index, check_labels, check_tokens
+
 
 def complete_au_graph(num_aus: int, batch_size: int = 1,
                       device: Optional[Union[str, torch.device]] = None) -> Tensor:
@@ -34,13 +36,15 @@ def edge_slots(edge_index: Tensor, au_id: Tensor, num_aus: int) -> Tensor:
     return au_id[edge_index[1]] * num_aus + au_id[edge_index[0]]
 
 
-def face_graph(tokens: Tensor, num_aus: Optional[int] = None, labels: Optional[Tensor] = None, *,
+def face_graph(tokens: Optional[Tensor], num_aus: Optional[int] = None,
+               labels: Optional[Tensor] = None, *,
                au_ids: Optional[Union[Sequence[int], Tensor]] = None,
                edge_index: Optional[Tensor] = None) -> Data:
     r"""One face as a graph of AU nodes, ready for PyG's ``DataLoader``.
 
     Args:
-        tokens: backbone tokens of the face, ``[D, C]``.
+        tokens: backbone tokens of the face, ``[D, C]``, or :obj:`None` for a graph whose tokens a
+            backbone computes later from another attribute (e.g. ``data.image``).
         num_aus: number of AU nodes (AU ids ``0..num_aus-1``); give this or ``au_ids``.
         labels: optional AU labels (``1``, ``0``, ``-1`` unknown), one per node, optionally
             followed by the sub-AU labels.
@@ -49,13 +53,12 @@ def face_graph(tokens: Tensor, num_aus: Optional[int] = None, labels: Optional[T
             self-loops, in the reference edge order).
 
     Returns:
-        ``Data`` with ``tokens`` ``[1, D, C]``, ``au_id`` ``[N]``, ``edge_index``, ``num_nodes``
-        and, with labels, ``y`` ``[N]``, ``y_sub`` ``[1, S]`` and the edge relation labels
-        ``edge_y = 2 * y[target] + y[source]`` (``-1`` where either label is unknown).
+        ``Data`` with ``tokens`` ``[1, D, C]`` (if given), ``au_id`` ``[N]``, ``edge_index``,
+        ``num_nodes`` and, with labels, ``y`` ``[N]``, ``y_sub`` ``[1, S]`` and the edge relation
+        labels ``edge_y = 2 * y[target] + y[source]`` (``-1`` where either label is unknown).
     """
-    if not isinstance(tokens, Tensor) or tokens.dim() != 2:
-        shape = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
-        raise ValueError(f"tokens: expected a tensor of shape [D, C], got {shape}")
+    if tokens is not None:
+        check_tokens(tokens, None, rank=2)
     if au_ids is None:
         if num_aus is None:
             raise ValueError("face_graph: give num_aus or au_ids")
@@ -69,9 +72,13 @@ def face_graph(tokens: Tensor, num_aus: Optional[int] = None, labels: Optional[T
     num_nodes = au_id.numel()
     if edge_index is None:
         edge_index = complete_au_graph(num_nodes)
-    data = Data(tokens=tokens.unsqueeze(0), au_id=au_id, edge_index=edge_index, num_nodes=num_nodes)
+    check_edge_index(edge_index, num_nodes)
+    data = Data(tokens=None if tokens is None else tokens.unsqueeze(0), au_id=au_id,
+                edge_index=edge_index, num_nodes=num_nodes)
     if labels is not None:
-        labels = torch.as_tensor(labels, dtype=torch.long).flatten()
+        labels = torch.as_tensor(labels).flatten()
+        check_labels(labels)
+        labels = labels.long()
         if labels.numel() < num_nodes:
             raise ValueError(f"labels: expected at least {num_nodes} values (one per AU node), "
                              f"got {labels.numel()}")

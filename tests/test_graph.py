@@ -60,7 +60,7 @@ def test_single_data_object_is_accepted():
 def test_bad_graph_arguments_are_named():
     with pytest.raises(ValueError, match="num_aus"):
         complete_au_graph(0)
-    with pytest.raises(ValueError, match=r"tokens: expected a tensor of shape \[D, C\]"):
+    with pytest.raises(ValueError, match=r"tokens: expected shape \[D, C\], got \[2, 3, 4\]"):
         face_graph(torch.randn(2, 3, 4), 3)
     with pytest.raises(ValueError, match="au_ids"):
         face_graph(torch.randn(2, 4), au_ids=[1, 1])
