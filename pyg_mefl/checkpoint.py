@@ -1,13 +1,20 @@
-"""Published MEFL checkpoint layouts (SPEC §8) as rename tables, and strict loading/saving."""
+"""Published MEFL checkpoint layouts (SPEC §8) as rename tables, and strict loading/saving.
+
+Everything that differs between the mexca, OpenGraphAU and ME-GraphAU layouts is data in
+:data:`LAYOUTS`; :func:`head_rules` expands it into one ``(native key, published key(s), how)``
+rule per tensor, and :func:`to_native` / :func:`to_published` apply the rules in either direction.
+"""
 import logging
 import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
+
+from .aus import BP4D_AUS, DISFA_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS
 
 log = logging.getLogger("pyg_mefl")
 
@@ -18,25 +25,50 @@ _COUNTER = "num_batches_tracked"
 
 # Where each part of the head lives in each published layout. `{a}` is an AU, `{l}` a GNN layer
 # counted from 0 and `{L}` from 1, `{x}` / `{X}` one of the five gated-GNN maps u, v, a, b, e.
-LAYOUTS: Dict[str, Dict[str, str]] = {
+# `holds` lists the optional parts that the published models of a layout always have
+# ("sub_aus", "edge_head"): their keys are required in a checkpoint of that layout, the keys of
+# any other optional part are unexpected, and only a model with exactly these parts can be saved
+# in that layout. `sub_sc` / `edge_head` name those parts in every layout all the same, for
+# conversions of other configurations (tests, fine-tuned variants) with `to_native`/`to_published`.
+# `au_names` gives the published main AU names per AU count, `sub_au_names` those of 14 sub AUs.
+# `num_layers`: every published head stacks 2 gated-GNN layers.
+# `gnn_norms_last`: the layout's GNN module declares the linear maps of all layers before their
+# BatchNorms (ME-GraphAU's U1..E2, bnv1, bne1, bnv2, bne2), which orders its state dict.
+_COMMON = dict(edge_proj="edge_extractor.edge_proj", edge_norm="edge_extractor.bn",
+               sub_sc="sub_sc", edge_head="edge_fc")
+LAYOUTS: Dict[str, Dict[str, object]] = {
     "mexca": dict(
-        afg="main_node_linear_layers.{a}", fam="edge_extractor.fam", arm="edge_extractor.arm",
-        gnn_linear="gnn.graph_layers.{l}.linear_{x}", bnv="gnn.graph_layers.{l}.bnv",
-        bne="gnn.graph_layers.{l}.bne", main_sc="main_sc", global_linear="linear_global",
-        residual="post"),
+        _COMMON, afg="main_node_linear_layers.{a}", fam="edge_extractor.fam",
+        arm="edge_extractor.arm", gnn_linear="gnn.graph_layers.{l}.linear_{x}",
+        bnv="gnn.graph_layers.{l}.bnv", bne="gnn.graph_layers.{l}.bne", main_sc="main_sc",
+        global_linear="linear_global", residual="post", holds=("sub_aus",), num_layers=2,
+        gnn_norms_last=False,
+        au_names={27: OPENGRAPHAU_MAIN_AUS}, sub_au_names=OPENGRAPHAU_SUB_AUS),
     "opengraphau": dict(
-        afg="main_class_linears.{a}", fam="edge_extractor.FAM", arm="edge_extractor.ARM",
+        _COMMON, afg="main_class_linears.{a}", fam="edge_extractor.FAM", arm="edge_extractor.ARM",
         gnn_linear="gnn.graph_layers.{l}.{X}", bnv="gnn.graph_layers.{l}.bnv",
         bne="gnn.graph_layers.{l}.bne", main_sc="main_sc", global_linear="global_linear",
-        residual="post"),
+        residual="post", holds=("sub_aus",), num_layers=2,
+        gnn_norms_last=False,
+        au_names={27: OPENGRAPHAU_MAIN_AUS}, sub_au_names=OPENGRAPHAU_SUB_AUS),
     "me-graphau": dict(
-        afg="class_linears.{a}", fam="edge_extractor.FAM", arm="edge_extractor.ARM",
+        _COMMON, afg="class_linears.{a}", fam="edge_extractor.FAM", arm="edge_extractor.ARM",
         gnn_linear="gnn.{X}{L}", bnv="gnn.bnv{L}", bne="gnn.bne{L}", main_sc="sc",
-        global_linear="global_linear", residual="pre"),
+        global_linear="global_linear", residual="pre", holds=("edge_head",), num_layers=2,
+        gnn_norms_last=True,
+        au_names={12: BP4D_AUS, 8: DISFA_AUS}, sub_au_names=()),
 }
+HEAD_PREFIX = "head."  # the MEFL head's keys in a whole-model checkpoint
 
-# How a native tensor is made from its published key(s).
+# How a native tensor is made from its published key(s): the same tensor, a stack of one tensor
+# per AU, or one published counter shared by all slots of a per-slot BatchNorm.
 SAME, STACK, SHARED_COUNTER = "same", "stack", "shared_counter"
+Rule = Tuple[str, Union[str, List[str]], str]
+
+# The global linear block (published `fc`, `bn`) as pyg_mefl's LinearBlock (`lin`, `norm`).
+GLOBAL_LINEAR_RULES: List[Rule] = (
+    [(f"lin.{f}", f"fc.{f}", SAME) for f in _LINEAR]
+    + [(f"norm.{f}", f"bn.{f}", SAME) for f in _BN_STATS + (_COUNTER,)])
 
 
 @dataclass(frozen=True)
@@ -50,50 +82,72 @@ class HeadConfig:
     residual: str
 
 
-def head_rules(source: str, config: HeadConfig) -> List[Tuple[str, object, str]]:
-    """``(native key, published key or list of keys, how)`` for every tensor of the head."""
+def check_source(source: Optional[str], what: str = "source") -> Optional[str]:
+    """``source`` in canonical spelling (case-insensitive), or :obj:`None` for :obj:`None`."""
+    if source is None:
+        return None
+    if isinstance(source, str) and source.lower() in SOURCES:
+        return source.lower()
+    raise ValueError(f"{what}: expected one of {SOURCES}, got {source!r}")
+
+
+def head_rules(source: str, config: HeadConfig) -> List[Rule]:
+    """``(native key, published key or list of keys, how)`` for every tensor of the head, in the
+    order of the published state dict (a run of ``STACK`` rules is stored AU by AU)."""
     lay = LAYOUTS[source]
+    rules: List[Rule] = [("main_sc", lay["main_sc"], SAME)]  # the head's own parameters first
+    if config.num_sub_aus:
+        rules.append(("sub_sc", lay["sub_sc"], SAME))
     afg = [lay["afg"].format(a=a) for a in range(config.num_main_aus)]
-    rules = [(f"afg.{f}", [f"{p}.fc.{f}" for p in afg], STACK) for f in _LINEAR]
-    rules += [(f"afg.norm.{f}", [f"{p}.bn.{f}" for p in afg], STACK) for f in _BN_STATS + (_COUNTER,)]
+    rules += [(f"afg.{f}", [f"{p}.fc.{f}" for p in afg], STACK) for f in _LINEAR]
+    rules += [(f"afg.norm.{f}", [f"{p}.bn.{f}" for p in afg], STACK)
+              for f in _BN_STATS + (_COUNTER,)]
     for part in ("fam", "arm"):
         rules += [(f"gem.{part}.lin_{p}.{f}", f"{lay[part]}.linear_{p}.{f}", SAME)
                   for p in "qkv" for f in _LINEAR]
-    rules += [(f"gem.lin_proj.{f}", f"edge_extractor.edge_proj.{f}", SAME) for f in _LINEAR]
-    rules += _bn_rules("gem.norm", "edge_extractor.bn")
+    rules += [(f"gem.lin_proj.{f}", f"{lay['edge_proj']}.{f}", SAME) for f in _LINEAR]
+    rules += _bn_rules("gem.norm", lay["edge_norm"])
+    linears: List[Rule] = []
+    norms: List[Rule] = []
     for layer in range(config.num_layers):
         names = dict(l=layer, L=layer + 1)
         native = f"gnn.layers.{layer}"
-        rules += [(f"{native}.lin_{x}.weight",
-                   lay["gnn_linear"].format(x=x, X=x.upper(), **names) + ".weight", SAME)
-                  for x in "uvabe"]
-        rules += _bn_rules(f"{native}.norm_node", lay["bnv"].format(**names))
-        rules += _bn_rules(f"{native}.norm_edge", lay["bne"].format(**names))
-    rules.append(("main_sc", lay["main_sc"], SAME))
-    if config.num_sub_aus:
-        rules.append(("sub_sc", "sub_sc", SAME))
+        linears += [(f"{native}.lin_{x}.weight",
+                     lay["gnn_linear"].format(x=x, X=x.upper(), **names) + ".weight", SAME)
+                    for x in "uvabe"]
+        norms += _bn_rules(f"{native}.norm_node", lay["bnv"].format(**names))
+        norms += _bn_rules(f"{native}.norm_edge", lay["bne"].format(**names))
+        if not lay["gnn_norms_last"]:
+            rules += linears + norms
+            linears, norms = [], []
+    rules += linears + norms
     if config.edge_head:
-        rules += [(f"edge_head.{f}", f"edge_fc.{f}", SAME) for f in _LINEAR]
+        rules += [(f"edge_head.{f}", f"{lay['edge_head']}.{f}", SAME) for f in _LINEAR]
     return rules
 
 
-def _bn_rules(native: str, published: str) -> List[Tuple[str, object, str]]:
-    rules: List[Tuple[str, object, str]] = [(f"{native}.{f}", f"{published}.{f}", SAME)
-                                            for f in _BN_STATS]
+def _bn_rules(native: str, published: str) -> List[Rule]:
+    rules: List[Rule] = [(f"{native}.{f}", f"{published}.{f}", SAME) for f in _BN_STATS]
     # one published counter for all slots of a BatchNorm1d(N) / BatchNorm2d(N*N)
     rules.append((f"{native}.{_COUNTER}", f"{published}.{_COUNTER}", SHARED_COUNTER))
     return rules
 
 
+def _afg_pattern(source: str) -> "re.Pattern":
+    return re.compile(re.escape(LAYOUTS[source]["afg"]).replace(r"\{a\}", r"(\d+)") + r"\.")
+
+
 def detect_source(head: Mapping[str, Tensor]) -> str:
     """Which published layout a head state dict uses, from its AU-block key names."""
-    markers = {"main_node_linear_layers.": "mexca", "main_class_linears.": "opengraphau",
-               "class_linears.": "me-graphau"}
-    for prefix, source in markers.items():
-        if any(key.startswith(prefix) for key in head):
-            return source
-    raise KeyError(f"cannot tell the checkpoint layout: no key starts with any of "
-                   f"{sorted(markers)} (first keys: {list(head)[:5]})")
+    found = [s for s in SOURCES if any(map(_afg_pattern(s).match, head))]
+    if len(found) == 1:
+        return found[0]
+    markers = [LAYOUTS[s]["afg"].format(a="<i>") for s in SOURCES]
+    if not found:
+        raise KeyError(f"cannot tell the checkpoint layout: no key starts with any of {markers} "
+                       f"(first keys: {list(head)[:5]}); pass source= explicitly")
+    raise KeyError(f"cannot tell the checkpoint layout: it has AU blocks of several layouts "
+                   f"{found}; pass source= explicitly")
 
 
 def read_config(head: Mapping[str, Tensor], source: str) -> HeadConfig:
@@ -102,39 +156,81 @@ def read_config(head: Mapping[str, Tensor], source: str) -> HeadConfig:
     first = lay["afg"].format(a=0) + ".fc.weight"
     if first not in head:
         raise KeyError(f"missing key '{first}' (the first AU block of a {source} checkpoint)")
-    afg = re.compile(re.escape(lay["afg"]).replace(r"\{a\}", r"(\d+)") + r"\.")
-    num_main = 1 + max(int(m.group(1)) for m in map(afg.match, head) if m)
-    layer_key = re.compile(re.escape(lay["bnv"]).replace(r"\{l\}", r"(\d+)")
-                           .replace(r"\{L\}", r"(\d+)") + r"\.")
-    layers = [int(m.group(1)) for m in map(layer_key.match, head) if m]
-    if not layers:
-        raise KeyError(f"no gated-GNN layer keys like '{lay['bnv'].format(l=0, L=1)}.weight' "
-                       f"in this {source} checkpoint")
-    num_layers = max(layers) + (1 if "{l}" in lay["bnv"] else 0)
-    num_sub = head["sub_sc"].shape[0] if "sub_sc" in head else 0
+    if head[first].dim() != 2:
+        raise ValueError(f"key '{first}': expected a 2-D weight [C, C], "
+                         f"got shape {list(head[first].shape)}")
+    blocks = {int(m.group(1)) for m in map(_afg_pattern(source).match, head) if m}
+    num_main = next(a for a in range(len(blocks) + 1) if a not in blocks)
+    if num_main != len(blocks):  # checked before a model of that size is built
+        raise KeyError(f"missing key '{lay['afg'].format(a=num_main)}.fc.weight' in the {source} "
+                       f"checkpoint (AU blocks up to {max(blocks)} are present)")
+    num_sub = 0
+    if "sub_aus" in lay["holds"]:  # the number of sub AUs is the number of rows of sub_sc
+        sub_key = lay["sub_sc"]
+        if sub_key not in head:
+            raise KeyError(f"missing key '{sub_key}' in the {source} checkpoint (the sub AU "
+                           f"prototypes)")
+        num_published = len(lay["sub_au_names"])
+        if head[sub_key].dim() != 2 or head[sub_key].shape[0] != num_published:
+            raise ValueError(f"key '{sub_key}' in the {source} checkpoint: expected shape "
+                             f"[{num_published}, C], got {list(head[sub_key].shape)}")
+        num_sub = head[sub_key].shape[0]
     return HeadConfig(in_channels=head[first].shape[1], num_main_aus=num_main,
-                      num_sub_aus=num_sub, num_layers=num_layers,
-                      edge_head="edge_fc.weight" in head, residual=lay["residual"])
+                      num_sub_aus=num_sub, num_layers=lay["num_layers"],
+                      edge_head="edge_head" in lay["holds"], residual=lay["residual"])
 
 
-def to_native(head: Mapping[str, Tensor], source: str, config: HeadConfig,
-              expected: Mapping[str, torch.Size]) -> Dict[str, Tensor]:
-    """Rename a published head state dict to pyg_mefl's names, consuming every key and checking
-    each shape against ``expected`` (the native state dict's shapes)."""
-    remaining = dict(head)
+def check_layout(source: str, config: HeadConfig) -> None:
+    """Raise :class:`ValueError` unless the published ``source`` layout can hold ``config``."""
+    lay = LAYOUTS[source]
+    problems = []
+    if config.residual != lay["residual"]:
+        problems.append(f"residual={config.residual!r} (the layout's models are "
+                        f"residual={lay['residual']!r})")
+    if config.num_layers != lay["num_layers"]:
+        problems.append(f"num_layers={config.num_layers} (the layout's models have "
+                        f"{lay['num_layers']})")
+    if config.num_sub_aus and "sub_aus" not in lay["holds"]:
+        problems.append(f"sub AUs (num_sub_aus={config.num_sub_aus}; the layout has none)")
+    if not config.num_sub_aus and "sub_aus" in lay["holds"]:
+        problems.append("no sub AUs (the layout's models have them)")
+    if config.edge_head and "edge_head" not in lay["holds"]:
+        problems.append("an edge head (the layout has none)")
+    if not config.edge_head and "edge_head" in lay["holds"]:
+        problems.append("no edge head (the layout's models have one)")
+    if problems:
+        raise ValueError(f"layout {source!r} cannot hold this model: it has "
+                         + "; ".join(problems))
+
+
+def published_au_names(source: str, config: HeadConfig) -> Optional[List[str]]:
+    """The published AU names of a ``source`` model of this size (main then sub), or
+    :obj:`None` where the layout has no names for it."""
+    lay = LAYOUTS[source]
+    main = lay["au_names"].get(config.num_main_aus)
+    if main is None or (config.num_sub_aus and config.num_sub_aus != len(lay["sub_au_names"])):
+        return None
+    return list(main) + list(lay["sub_au_names"][:config.num_sub_aus])
+
+
+def _rename_in(state: Mapping[str, Tensor], rules: Sequence[Rule],
+               expected: Mapping[str, torch.Size], where: str) -> Dict[str, Tensor]:
+    """Apply ``rules`` (published → native), consuming every key of ``state`` and checking each
+    shape against ``expected``."""
+    remaining = dict(state)
     native: Dict[str, Tensor] = OrderedDict()
-    for name, published, how in head_rules(source, config):
+    for name, published, how in rules:
         keys = published if isinstance(published, list) else [published]
         missing = [k for k in keys if k not in remaining]
         if missing:
-            raise KeyError(f"missing key '{missing[0]}' in the {source} checkpoint "
-                           f"(needed for {name}; {len(missing)} missing for it in all)")
+            raise KeyError(f"missing key '{missing[0]}' in the {where} (needed for {name}; "
+                           f"{len(missing)} missing for it in all)")
         tensors = [remaining.pop(k) for k in keys]
         want = tuple(expected[name])
         per_key = want[1:] if how == STACK else () if how == SHARED_COUNTER else want
         for key, tensor in zip(keys, tensors):
             if tuple(tensor.shape) != per_key:
-                raise ValueError(f"key '{key}': expected shape {list(per_key)}, "
+                raise ValueError(f"key '{key}' in the {where}: expected shape {list(per_key)}, "
                                  f"got {list(tensor.shape)}")
         if how == STACK:
             native[name] = torch.stack(tensors)
@@ -143,28 +239,79 @@ def to_native(head: Mapping[str, Tensor], source: str, config: HeadConfig,
         else:
             native[name] = tensors[0]
     if remaining:
-        raise KeyError(f"unexpected key(s) in the {source} checkpoint: {sorted(remaining)[:8]}")
+        keys = sorted(remaining)
+        raise KeyError(f"unexpected key(s) in the {where}: {keys[:8]}"
+                       + (f" and {len(keys) - 8} more" if len(keys) > 8 else ""))
     return native
+
+
+def _rename_out(native: Mapping[str, Tensor], rules: Sequence[Rule]) -> Dict[str, Tensor]:
+    """Apply ``rules`` (native → published) in order; a run of ``STACK`` rules is written AU by
+    AU, as the published module lists hold them."""
+    out: Dict[str, Tensor] = OrderedDict()
+    stacked: List[Tuple[List[str], Tuple[Tensor, ...]]] = []
+
+    def flush():
+        for au in range(len(stacked[0][0]) if stacked else 0):
+            out.update((keys[au], parts[au].clone()) for keys, parts in stacked)
+        stacked.clear()
+
+    for name, published, how in rules:
+        tensor = native[name].detach()
+        if how == STACK:
+            stacked.append((published, tensor.unbind(0)))
+            continue
+        flush()
+        if how == SHARED_COUNTER:  # the published layer counts the batches of its busiest slot
+            out[published] = tensor.max().clone()
+        else:
+            out[published] = tensor.clone()
+    flush()
+    return out
+
+
+def to_native(head: Mapping[str, Tensor], source: str, config: HeadConfig,
+              expected: Mapping[str, torch.Size]) -> Dict[str, Tensor]:
+    """Rename a published head state dict to pyg_mefl's names, consuming every key and checking
+    each shape against ``expected`` (the native state dict's shapes)."""
+    return _rename_in(head, head_rules(source, config), expected, f"{source} checkpoint")
 
 
 def to_published(native: Mapping[str, Tensor], source: str,
                  config: HeadConfig) -> Dict[str, Tensor]:
-    """pyg_mefl's state dict renamed to the published ``source`` layout."""
-    out: Dict[str, Tensor] = OrderedDict()
-    for name, published, how in head_rules(source, config):
-        tensor = native[name].detach().clone()
-        if how == STACK:
-            out.update(zip(published, tensor.unbind(0)))
-        elif how == SHARED_COUNTER:
-            out[published] = tensor.max()
-        else:
-            out[published] = tensor
-    return out
+    """pyg_mefl's state dict renamed to the published ``source`` layout (fresh tensors)."""
+    return _rename_out(native, head_rules(source, config))
+
+
+def global_linear_to_native(state: Mapping[str, Tensor], prefix: str) -> Dict[str, Tensor]:
+    """The global linear block's published keys (``<prefix>.fc.*``, ``<prefix>.bn.*``) renamed to
+    :class:`~pyg_mefl.LinearBlock`'s, strictly; sizes come from ``fc.weight``."""
+    where = f"global linear block ({prefix})"
+    weight = state.get(f"{prefix}.fc.weight")
+    if weight is None:
+        raise KeyError(f"missing key '{prefix}.fc.weight' in the {where}")
+    if weight.dim() != 2:
+        raise ValueError(f"key '{prefix}.fc.weight' in the {where}: expected a 2-D weight, "
+                         f"got shape {list(weight.shape)}")
+    out_channels = weight.shape[0]
+    expected = {"lin.weight": weight.shape, "lin.bias": (out_channels,),
+                "norm.num_batches_tracked": ()}
+    expected.update((f"norm.{f}", (out_channels,)) for f in _BN_STATS)
+    rules = [(native, f"{prefix}.{published}", how)
+             for native, published, how in GLOBAL_LINEAR_RULES]
+    return _rename_in(state, rules, expected, where)
+
+
+def global_linear_to_published(native: Mapping[str, Tensor], prefix: str) -> Dict[str, Tensor]:
+    """A :class:`~pyg_mefl.LinearBlock` state dict under the published names at ``prefix``."""
+    return _rename_out(native, [(n, f"{prefix}.{p}", how) for n, p, how in GLOBAL_LINEAR_RULES])
 
 
 @dataclass
 class CheckpointParts:
-    """What a whole-model checkpoint holds besides the MEFL head."""
+    """What a checkpoint held besides the MEFL head: its ``source`` layout, the global linear
+    block (a :class:`~pyg_mefl.LinearBlock` to run on the backbone tokens before MEFL, or
+    :obj:`None`) and the remaining (backbone) tensors under their checkpoint names."""
     source: str
     global_linear: Optional[torch.nn.Module] = None
     backbone: Dict[str, Tensor] = field(default_factory=dict)
@@ -172,44 +319,60 @@ class CheckpointParts:
 
 def read_checkpoint(obj) -> Dict[str, Tensor]:
     """A flat state dict from a path or mapping: ``{"state_dict": ...}`` unwrapped, ``module.``
-    prefixes removed. Read with ``weights_only=True``."""
+    prefixes removed. Files are read with ``torch.load(..., weights_only=True)``."""
+    where = "checkpoint"
     if isinstance(obj, (str, os.PathLike)):
         path = os.fspath(obj)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many types for a bad file
-            raise ValueError(f"{path}: not a readable torch checkpoint "
-                             f"({type(error).__name__}: {str(error).splitlines()[0][:200]})") from None
+        except Exception as error:  # torch raises many types for a bad or unsafe file
+            reason = (str(error).strip().splitlines() or [""])[0][:200]
+            raise ValueError(f"{path}: not a readable torch checkpoint (read with "
+                             f"weights_only=True; {type(error).__name__}: {reason})") from None
+        where = path
+        if not isinstance(obj, Mapping):
+            raise ValueError(f"{path}: expected a state dict (a mapping of tensors), "
+                             f"the file holds a {type(obj).__name__}")
     if not isinstance(obj, Mapping):
         raise TypeError(f"checkpoint: expected a path or a mapping of tensors, got "
                         f"{type(obj).__name__}")
-    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+    if isinstance(obj.get("state_dict"), Mapping):
         obj = obj["state_dict"]
-    state = OrderedDict()
+    state: Dict[str, Tensor] = OrderedDict()
     for key, value in obj.items():
         if not isinstance(key, str) or not isinstance(value, Tensor):
-            raise TypeError(f"checkpoint: expected str keys and tensor values, got "
-                            f"{key!r}: {type(value).__name__}")
+            error = TypeError if where == "checkpoint" else ValueError
+            raise error(f"{where}: expected str keys and tensor values, got "
+                        f"{key!r}: {type(value).__name__}")
         while key.startswith("module."):
             key = key[len("module."):]
+        if key in state:
+            raise KeyError(f"{where}: key '{key}' occurs twice (with and without 'module.')")
         state[key] = value
     return state
 
 
-def split_checkpoint(state: Mapping[str, Tensor]) -> Tuple[Dict[str, Tensor], Dict[str, Dict[str, Tensor]]]:
-    """``(head, parts)``: the head's keys (``head.`` removed) and, for a whole-model checkpoint,
-    the global linear block's keys per published prefix and the remaining backbone keys."""
-    if not any(key.startswith("head.") for key in state):
-        return dict(state), {"global_linear": {}, "backbone": {}}
-    head, global_linear, backbone = {}, {}, {}
-    prefixes = {LAYOUTS[s]["global_linear"] + "." for s in SOURCES}
-    for key, value in state.items():
-        if key.startswith("head."):
-            head[key[len("head."):]] = value
-        elif any(key.startswith(p) for p in prefixes):
-            global_linear[key] = value
-        else:
-            backbone[key] = value
-    return head, {"global_linear": global_linear, "backbone": backbone}
+def split_checkpoint(state: Mapping[str, Tensor], source: Optional[str] = None
+                     ) -> Tuple[str, Dict[str, Tensor], Dict[str, Tensor], Dict[str, Tensor]]:
+    """``(source, head, global_linear, backbone)`` of a flat state dict: the head's keys
+    (``head.`` removed; a dict without ``head.`` keys is all head), ``source`` detected from them
+    if :obj:`None`, and for a whole-model checkpoint the global linear block's keys (under that
+    source's prefix) and the remaining keys, taken to be the backbone's."""
+    source = check_source(source)
+    if not any(key.startswith(HEAD_PREFIX) for key in state):
+        head, outside = dict(state), {}
+    else:
+        head, outside = {}, {}
+        for key, value in state.items():
+            if key.startswith(HEAD_PREFIX):
+                head[key[len(HEAD_PREFIX):]] = value
+            else:
+                outside[key] = value
+    if source is None:
+        source = detect_source(head)
+    prefix = LAYOUTS[source]["global_linear"] + "."
+    global_linear = {k: v for k, v in outside.items() if k.startswith(prefix)}
+    backbone = {k: v for k, v in outside.items() if not k.startswith(prefix)}
+    return source, head, global_linear, backbone

@@ -9,8 +9,11 @@ from torch_geometric.data import Data
 
 from .aus import OPENGRAPHAU_SUB_SOURCES, check_au_names, default_au_names
 from .blocks import AUFeatureBlocks, LinearBlock
-from .checkpoint import (LAYOUTS, SOURCES, CheckpointParts, HeadConfig, detect_source, log,
-                         read_checkpoint, read_config, split_checkpoint, to_native, to_published)
+from .checks import check_edge_index, check_tokens
+from .checkpoint import (LAYOUTS, CheckpointParts, HeadConfig, check_layout, check_source,
+                         global_linear_to_native, global_linear_to_published, log,
+                         published_au_names, read_checkpoint, read_config, split_checkpoint,
+                         to_native, to_published)
 from .gem import GraphEdgeModel
 from .gnn import GatedGNN
 from .graph import complete_au_graph, edge_slots
@@ -62,6 +65,9 @@ class MEFL(Module):
         sub_au_sources (list of int, optional): Main AU index of each sub AU (default: the
             published mapping when ``num_sub_aus == 14``).
         dropout (float): Dropout before the AU blocks. (default: :obj:`0.0`)
+        check_finite (bool): Refuse tokens holding NaN or infinity with a :class:`ValueError`
+            (one reduction per call; set the attribute to :obj:`False` to skip it in tight
+            loops). (default: :obj:`True`)
 
     Shapes:
         - **input:** tokens :math:`(B, D, C)`, or a ``Data``/``Batch`` of :func:`face_graph`
@@ -71,8 +77,10 @@ class MEFL(Module):
     def __init__(self, in_channels: int, num_main_aus: int = 27, num_sub_aus: int = 14,
                  num_layers: int = 2, residual: str = "post", edge_head: bool = False,
                  au_names: Optional[Sequence[str]] = None,
-                 sub_au_sources: Optional[Sequence[int]] = None, dropout: float = 0.0):
+                 sub_au_sources: Optional[Sequence[int]] = None, dropout: float = 0.0,
+                 check_finite: bool = True):
         super().__init__()
+        self.check_finite = check_finite
         for name, value, low in (("in_channels", in_channels, 2), ("num_main_aus", num_main_aus, 1),
                                  ("num_sub_aus", num_sub_aus, 0), ("num_layers", num_layers, 1)):
             if not isinstance(value, int) or value < low:
@@ -137,16 +145,21 @@ class MEFL(Module):
 
     def _graph_inputs(self, x: Union[Tensor, Data]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         if isinstance(x, Tensor):
-            if x.dim() != 3 or x.size(-1) != self.in_channels:
-                raise ValueError(f"tokens: expected shape [B, D, {self.in_channels}], "
-                                 f"got {tuple(x.shape)}")
+            check_tokens(x, self.in_channels, finite=self.check_finite)
             num_faces, num_aus = x.size(0), self.num_main_aus
             au_id = torch.arange(num_aus, device=x.device).repeat(num_faces)
             batch = torch.arange(num_faces, device=x.device).repeat_interleave(num_aus)
             return x, au_id, complete_au_graph(num_aus, num_faces, x.device), batch
-        if not isinstance(x, Data) and not hasattr(x, "tokens"):
+        if not isinstance(x, Data) or getattr(x, "tokens", None) is None \
+                or getattr(x, "au_id", None) is None:
             raise TypeError(f"MEFL: expected a tokens tensor [B, D, C] or a face_graph "
-                            f"Data/Batch, got {type(x).__name__}")
+                            f"Data/Batch (with tokens and au_id), got {type(x).__name__}")
+        check_tokens(x.tokens, self.in_channels, "data.tokens", finite=self.check_finite)
+        check_edge_index(x.edge_index, x.num_nodes, "data.edge_index")
+        if x.au_id.shape != (x.num_nodes,) or (x.au_id.numel() and not torch.compiler.is_compiling()
+                                               and int(x.au_id.max()) >= self.num_main_aus):
+            raise ValueError(f"data.au_id: expected {x.num_nodes} AU ids in "
+                             f"[0, {self.num_main_aus}) (num_main_aus)")
         batch = x.batch if getattr(x, "batch", None) is not None else \
             torch.zeros(x.num_nodes, dtype=torch.long, device=x.tokens.device)
         return x.tokens, x.au_id, x.edge_index, batch
@@ -172,62 +185,63 @@ class MEFL(Module):
         r"""A MEFL with the weights of a published checkpoint (SPEC §8), loaded strictly.
 
         Args:
-            checkpoint (str, os.PathLike or Mapping): A file or a state dict: a whole-model
+            checkpoint (str, os.PathLike or Mapping): A file (read with
+                ``torch.load(..., weights_only=True)``) or a state dict: a whole-model
                 checkpoint (the head under ``head.``) or the head's own state dict, optionally
                 wrapped as ``{"state_dict": ...}`` and with ``module.`` prefixes.
             source (str, optional): ``"mexca"``, ``"opengraphau"`` or ``"me-graphau"``;
                 detected from the key names if :obj:`None`.
 
-        Sizes, sub AUs, the edge head and the residual variant come from the checkpoint. Every
-        head key must be used and every parameter filled: a missing or unexpected key raises
-        :class:`KeyError`, a wrong shape :class:`ValueError`. The global linear block and the
-        backbone keys of a whole-model checkpoint are kept in ``model.checkpoint``
-        (:class:`CheckpointParts`).
+        Sizes, sub AUs, the edge head, the residual variant and the AU names come from the
+        checkpoint and its layout. Every head key must be used and every parameter and buffer
+        filled: a missing or unexpected key raises :class:`KeyError`, a wrong shape
+        :class:`ValueError`, each naming the key. A missing file raises
+        :class:`FileNotFoundError`, an unreadable one :class:`ValueError`. The rest of a
+        whole-model checkpoint is kept in ``model.checkpoint`` (:class:`CheckpointParts`): the
+        global linear block as a :class:`LinearBlock` to run on the backbone tokens before the
+        model, and the backbone tensors (reported in one log line).
         """
-        head, parts = split_checkpoint(read_checkpoint(checkpoint))
-        if source is None:
-            source = detect_source(head)
-        elif source not in SOURCES:
-            raise ValueError(f"source: expected one of {SOURCES} or None, got {source!r}")
+        source = check_source(source)
+        source, head, global_linear, backbone = split_checkpoint(read_checkpoint(checkpoint),
+                                                                 source)
         config = read_config(head, source)
         model = cls(config.in_channels, config.num_main_aus, config.num_sub_aus,
-                    config.num_layers, config.residual, config.edge_head)
+                    config.num_layers, config.residual, config.edge_head,
+                    au_names=published_au_names(source, config))
+        dtype = head[LAYOUTS[source]["afg"].format(a=0) + ".fc.weight"].dtype
+        if dtype.is_floating_point:
+            model.to(dtype)
         expected = {k: v.shape for k, v in model.state_dict().items()}
         model.load_state_dict(to_native(head, source, config, expected), strict=True)
-        model.checkpoint = CheckpointParts(source, _global_linear(parts["global_linear"]),
-                                           parts["backbone"])
-        if parts["backbone"]:
-            log.info("MEFL.from_pretrained: %d backbone tensors set aside in "
-                     "model.checkpoint.backbone (e.g. %s)", len(parts["backbone"]),
-                     next(iter(parts["backbone"])))
+        model.checkpoint = CheckpointParts(source, _global_linear(global_linear, source),
+                                           backbone)
+        if backbone:
+            log.info("MEFL.from_pretrained: %s checkpoint; %d backbone tensors set aside in "
+                     "model.checkpoint.backbone (%s%s)%s", source, len(backbone),
+                     ", ".join(list(backbone)[:3]), ", ..." if len(backbone) > 3 else "",
+                     "; global linear block in model.checkpoint.global_linear"
+                     if global_linear else "")
         return model
 
     def to_published_state_dict(self, layout: str, whole_model: bool = False) -> dict:
-        """The weights in a published ``layout`` (``"mexca"``, ``"opengraphau"``,
-        ``"me-graphau"``). With ``whole_model``, head keys get the ``head.`` prefix and the
-        global linear block and backbone of ``self.checkpoint`` (if loaded) are added."""
-        if layout not in SOURCES:
-            raise ValueError(f"layout: expected one of {SOURCES}, got {layout!r}")
+        """The weights under the names of a published ``layout`` (``"mexca"``,
+        ``"opengraphau"``, ``"me-graphau"``), as fresh tensors. With ``whole_model``, head keys
+        get the ``head.`` prefix and the global linear block and backbone tensors of
+        ``self.checkpoint`` (if the model was loaded from a whole-model checkpoint) are added.
+        Raises :class:`ValueError` if the layout cannot hold the model (sub AUs in ME-GraphAU,
+        an edge head in mexca/OpenGraphAU, a residual variant other than the layout's)."""
+        layout = check_source(layout, "layout")
         config = HeadConfig(self.in_channels, self.num_main_aus, self.num_sub_aus,
                             len(self.gnn.layers), self.edge_head is not None, self.residual)
-        published_residual = LAYOUTS[layout]["residual"]
-        if config.residual != published_residual:
-            raise ValueError(f"layout {layout!r} holds residual={published_residual!r} models; "
-                             f"this model has residual={config.residual!r}")
-        if config.num_sub_aus and layout == "me-graphau":
-            raise ValueError("layout 'me-graphau' has no sub AUs; this model has "
-                             f"num_sub_aus={config.num_sub_aus}")
-        if config.edge_head and layout != "me-graphau":
-            raise ValueError(f"layout {layout!r} has no edge head; this model has one")
+        check_layout(layout, config)
         head = to_published(self.state_dict(), layout, config)
         if not whole_model:
             return head
         parts = getattr(self, "checkpoint", None)
-        out = dict(parts.backbone) if parts else {}
+        out = {k: v.detach().clone() for k, v in parts.backbone.items()} if parts else {}
         if parts and parts.global_linear is not None:
-            prefix = LAYOUTS[layout]["global_linear"]
-            out.update((f"{prefix}.{k.replace('lin.', 'fc.', 1).replace('norm.', 'bn.', 1)}",
-                        v.detach().clone()) for k, v in parts.global_linear.state_dict().items())
+            out.update(global_linear_to_published(parts.global_linear.state_dict(),
+                                                  LAYOUTS[layout]["global_linear"]))
         out.update((f"head.{k}", v) for k, v in head.items())
         return out
 
@@ -237,23 +251,13 @@ class MEFL(Module):
                 f"edge_head={self.edge_head is not None})")
 
 
-def _global_linear(state: dict) -> Optional[LinearBlock]:
+def _global_linear(state: dict, source: str) -> Optional[LinearBlock]:
     """The published global linear block (``fc``/``bn`` under ``global_linear`` or
     ``linear_global``) as a :class:`LinearBlock`, loaded strictly."""
     if not state:
         return None
-    native = {}
-    for key, value in state.items():
-        _, module, name = key.split(".", 2)
-        if module not in ("fc", "bn"):
-            raise KeyError(f"unexpected key '{key}' in the global linear block "
-                           f"(expected .fc.* and .bn.*)")
-        native[f"{'lin' if module == 'fc' else 'norm'}.{name}"] = value
-    if "lin.weight" not in native:
-        raise KeyError("missing key '<global_linear>.fc.weight' of the global linear block")
+    native = global_linear_to_native(state, LAYOUTS[source]["global_linear"])
     out_channels, in_channels = native["lin.weight"].shape
-    block = LinearBlock(in_channels, out_channels)
-    missing, unexpected = block.load_state_dict(native, strict=False)
-    if missing or unexpected:
-        raise KeyError(f"global linear block: missing {missing}, unexpected {unexpected}")
+    block = LinearBlock(in_channels, out_channels).to(native["lin.weight"].dtype)
+    block.load_state_dict(native, strict=True)
     return block
