@@ -1,6 +1,8 @@
 """Published checkpoints (SPEC §8): strict loading, exact outputs, save back, typed errors."""
 import logging
 import os
+import pathlib
+import re
 from collections import OrderedDict
 
 import pytest
@@ -217,36 +219,17 @@ def test_float64_checkpoint_keeps_its_dtype():
                           dense(global_linear(x))["probs"]) <= 1e-12
 
 
-# The code block of the README section "Load a published checkpoint", verbatim.
-README_SNIPPET = """
-import os, tempfile
-import torch
-from pyg_mefl import MEFL
-
-# A stand-in for a downloaded whole-model file (backbone, global linear block, head), saved the way
-# the OpenGraphAU / ME-GraphAU training scripts save it: wrapped, with DataParallel prefixes.
-fc, bn = torch.nn.Linear(64, 32), torch.nn.BatchNorm1d(32)  # ResNet-50: 2048 -> 512
-state = {"backbone.conv1.weight": torch.randn(8, 3, 7, 7)}
-state.update({f"global_linear.fc.{k}": v for k, v in fc.state_dict().items()})
-state.update({f"global_linear.bn.{k}": v for k, v in bn.state_dict().items()})
-state.update({f"head.{k}": v for k, v in MEFL(32).to_published_state_dict("opengraphau").items()})
-path = os.path.join(tempfile.mkdtemp(), "OpenGraphAU-ResNet50.pth")
-torch.save({"epoch": 20, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
-
-model = MEFL.from_pretrained(path).eval()  # layout detected: model.checkpoint.source
-global_linear = model.checkpoint.global_linear.eval()  # a LinearBlock (None for a head-only file)
-tokens = torch.randn(4, 49, 64)  # backbone output [B, D, C_in] (a 7x7 map, flattened)
-probs = model(global_linear(tokens))  # [4, 27 + 14], in the order of model.au_names
-print(probs.shape, dict(zip(model.au_names[:3], probs[0, :3].tolist())))
-print(sorted(model.checkpoint.backbone))  # the tensors pyg_mefl set aside
-torch.save(model.to_published_state_dict("mexca", whole_model=True), path + ".mexca")
-"""
+def _readme_checkpoint_block():
+    """The code block of the README section "Load a published checkpoint"."""
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
+    return next(block for block in blocks if "from_pretrained" in block)
 
 
 def test_readme_example(capsys):
     """The README snippet runs, and reproduces the dense reference on what it loads."""
     namespace = {}
-    exec(compile(README_SNIPPET, "README_SNIPPET", "exec"), namespace)
+    exec(compile(_readme_checkpoint_block(), "README.md", "exec"), namespace)
     printed = capsys.readouterr().out
     assert "torch.Size([4, 41])" in printed and "'AU1'" in printed
     assert "['backbone.conv1.weight']" in printed

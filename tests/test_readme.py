@@ -12,3 +12,4 @@ def test_readme_python_blocks_run(capsys):
         exec(compile(block, str(README), "exec"), {})
     printed = capsys.readouterr().out
     assert "AU1" in printed and "torch.Size([4, 41])" in printed
+    assert "backbone.conv1.weight" in printed
