@@ -9,6 +9,12 @@ from .graph import complete_au_graph, edge_slots, face_graph, relation_labels
 from .model import MEFL, MEFLOutput
 from .norm import SlotBatchNorm
 from .ops import gather_matmul
+from .backbones import ResNet50Tokens, SmallCNN, build_backbone
+from .datasets import (FaceGraphDataset, ImageListFaceDataset, SyntheticFaceDataset,
+                       TokenFaceDataset, vocabulary_ids)
+from .losses import MEFLLoss, WeightedAsymmetricLoss, au_class_weights, relation_loss
+from .metrics import AUMetrics
+from .training import FaceAUModel, au_targets, fit
 
 __version__ = "0.1.0"
 
@@ -17,4 +23,10 @@ __all__ = [
     "GraphEdgeModel", "LinearBlock", "MEFL", "MEFLOutput", "OPENGRAPHAU_MAIN_AUS",
     "OPENGRAPHAU_SUB_AUS", "SlotBatchNorm", "complete_au_graph", "edge_slots", "face_graph",
     "gather_matmul", "relation_labels",
+]
+__all__ += [
+    "AUMetrics", "FaceAUModel", "FaceGraphDataset", "ImageListFaceDataset", "MEFLLoss",
+    "ResNet50Tokens", "SmallCNN", "SyntheticFaceDataset", "TokenFaceDataset",
+    "WeightedAsymmetricLoss", "au_class_weights", "au_targets", "build_backbone", "fit",
+    "relation_loss", "vocabulary_ids",
 ]

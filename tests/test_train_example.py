@@ -1,0 +1,105 @@
+"""examples/train_au.py end to end on tiny configurations, and exact resuming."""
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from pyg_mefl import OPENGRAPHAU_MAIN_AUS
+from test_data import _write_image_lists
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_au.py"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+OUTPUTS = ("checkpoint.pt", "best.pt", "metrics.json", "f1_per_au.png", "au_relations.png",
+           "training_curves.png")
+
+
+@pytest.fixture(scope="module")
+def train_au():
+    spec = importlib.util.spec_from_file_location("train_au", EXAMPLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def features(tmp_path_factory):
+    """A tiny token-features file: 40 faces, 4 tokens of 16 channels, 3 AUs, some unknown."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (40, 3), generator=generator)
+    labels[::7, 1] = -1
+    tokens = torch.randn(40, 4, 16, generator=generator) + labels[:, :1, None].float()
+    path = tmp_path_factory.mktemp("features") / "faces.pt"
+    torch.save({"tokens": tokens, "labels": labels, "au_names": ["AU1", "AU2", "AU4"]}, path)
+    return str(path)
+
+
+def _check_outputs(out, au_names, epochs):
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    for name in OUTPUTS:
+        if name.endswith(".png"):
+            assert (out / name).read_bytes()[:8] == PNG_MAGIC, name
+    assert not [p for p in os.listdir(out) if p.endswith(".tmp")]  # atomic writes left nothing
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["f1"]) == au_names
+    for key in ("mean_f1", "accuracy", "baseline_all_positive_f1", "baseline_linear_probe_f1"):
+        assert 0 <= metrics[key] <= 100, key
+    assert [h["epoch"] for h in metrics["history"]] == list(range(1, epochs + 1))
+    assert all(math.isfinite(h["train_loss"]) for h in metrics["history"])
+    checkpoint = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert checkpoint["epoch"] == epochs
+    assert set(checkpoint["rng"]) == {"torch", "numpy", "python", "loader"}
+    assert set(checkpoint) >= {"model", "optimizer", "best_val_f1", "history"}
+    return metrics
+
+
+@pytest.mark.slow
+def test_example_synthetic(train_au, tmp_path, capsys):
+    train_au.main(["--num-faces", "40", "--epochs", "1", "--batch-size", "16",
+                   "--out", str(tmp_path)])
+    metrics = _check_outputs(tmp_path, list(OPENGRAPHAU_MAIN_AUS), 1)
+    log = capsys.readouterr().out
+    assert log.count("val mean F1") == 1 and "linear probe" in log
+    f1 = [value for value in metrics["f1"].values() if not math.isnan(value)]
+    assert metrics["mean_f1"] == pytest.approx(sum(f1) / len(f1))
+
+
+@pytest.mark.slow
+def test_example_features_file(train_au, features, tmp_path):
+    train_au.main(["--features", features, "--epochs", "2", "--batch-size", "8",
+                   "--out", str(tmp_path)])
+    _check_outputs(tmp_path, ["AU1", "AU2", "AU4"], 2)
+
+
+@pytest.mark.slow
+def test_example_images_cnn(train_au, tmp_path):
+    _write_image_lists(tmp_path / "data", name="Toy", num_train=10, num_test=4)
+    train_au.main(["--data-root", str(tmp_path / "data"), "--dataset", "Toy", "--fold", "1",
+                   "--backbone", "cnn", "--image-size", "32", "--channels", "16",
+                   "--epochs", "1", "--batch-size", "4", "--lam", "0", "--out",
+                   str(tmp_path / "out")])
+    _check_outputs(tmp_path / "out", ["AU#0", "AU#1", "AU#2"], 1)
+
+
+@pytest.mark.slow
+def test_resume_is_exact(train_au, features, tmp_path):
+    common = ["--features", features, "--batch-size", "8", "--lr", "0.01"]
+    train_au.main(common + ["--epochs", "2", "--out", str(tmp_path / "straight")])
+    train_au.main(common + ["--epochs", "1", "--out", str(tmp_path / "split")])
+    train_au.main(common + ["--epochs", "2", "--out", str(tmp_path / "split"),
+                            "--resume", str(tmp_path / "split" / "checkpoint.pt")])
+    straight = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=False)
+    resumed = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=False)
+    assert straight["model"].keys() == resumed["model"].keys()
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    for a, b in zip(straight["optimizer"]["state"].values(),
+                    resumed["optimizer"]["state"].values()):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert torch.equal(straight["rng"]["loader"], resumed["rng"]["loader"])
+    assert [h["train_loss"] for h in straight["history"]] == \
+        [h["train_loss"] for h in resumed["history"]]
