@@ -82,12 +82,12 @@ class AUFeatureBlocks(Module):
 
     def forward(self, tokens: Tensor, au_id: Tensor, batch: Tensor) -> Tensor:
         num_faces, num_tokens, channels = tokens.shape
-        # Every AU's block on every face in one product; nodes then pick their (face, AU) rows.
-        weight = self.weight.transpose(1, 2).permute(1, 0, 2).reshape(channels, -1)
-        out = (self.dropout(tokens) @ weight).view(num_faces, num_tokens, self.num_aus, channels)
-        out = (out + self.bias).transpose(1, 2).reshape(num_faces * self.num_aus, num_tokens, channels)
-        out = out.index_select(0, batch * self.num_aus + au_id)
-        return torch.relu(self.norm(out, au_id))
+        # Every AU's block on every face in one product (bias fused, the stacked [A, C, C]
+        # weight read in place as the transposed operand); nodes then pick their (face, AU) rows.
+        out = torch.addmm(self.bias.view(-1), self.dropout(tokens).reshape(-1, channels),
+                          self.weight.view(-1, channels).t())
+        out = out.view(num_faces, num_tokens, self.num_aus, channels)[batch, :, au_id]
+        return torch.relu_(self.norm(out, au_id))
 
     def extra_repr(self) -> str:
         return f"num_aus={self.num_aus}, in_channels={self.in_channels}"

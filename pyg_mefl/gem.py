@@ -9,7 +9,7 @@ from torch_geometric.nn.conv import MessagePassing
 
 from .attention import CrossAttention
 from .norm import SlotBatchNorm
-from .ops import gather_matmul
+from .ops import gather_matmul, softmax_column_moments
 
 
 class GraphEdgeModel(MessagePassing):
@@ -32,6 +32,9 @@ class GraphEdgeModel(MessagePassing):
     \mathrm{Lin}_{\mathrm{proj}}(\mathbf{V})`, and because the slot norm is affine, the token mean
     passes through both: an edge costs one :math:`D \times D` attention map, and the training
     statistics come from the Gram matrix of each node's values. No ``[E, D, C]`` tensor is built.
+    When every edge stays inside one face and a face has fewer tokens than query channels, the
+    attention is computed in the faces' token basis, :math:`D^3` instead of :math:`D^2 C/2` per
+    edge (see :meth:`_face_basis_operands`; ``face_basis`` forces either path).
 
     Args:
         in_channels (int): Token width :math:`C`.
@@ -54,6 +57,9 @@ class GraphEdgeModel(MessagePassing):
         self.arm = CrossAttention(in_channels)
         self.lin_proj = Linear(in_channels, in_channels)
         self.norm = SlotBatchNorm(num_edge_slots) if num_edge_slots is not None else None
+        # None: attend in the faces' token basis whenever that is exact and cheaper (see
+        # _use_face_basis); True / False force it on / off (tests compare both paths).
+        self.face_basis: Optional[bool] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -69,48 +75,84 @@ class GraphEdgeModel(MessagePassing):
                 edge_slot: Optional[Tensor] = None) -> Tensor:
         if self.norm is not None and edge_slot is None:
             raise ValueError("GraphEdgeModel: edge_slot is required when num_edge_slots is set")
-        face_aware = self.fam(node_tokens, x, index=batch)
-        query = self.arm.lin_q(face_aware)
-        key = self.arm.lin_k(face_aware)
-        value = self.lin_proj(self.arm.lin_v(face_aware))
+        if self._use_face_basis(x, edge_index, batch):
+            query, key, value = self._face_basis_operands(x, node_tokens, batch)
+        else:
+            face_aware = self.fam(node_tokens, x, index=batch)
+            query = self.arm.lin_q(face_aware)
+            key = self.arm.lin_k(face_aware) * self.arm.scale
+            value = self.lin_proj(self.arm.lin_v(face_aware))
         return self.edge_updater(edge_index, query=query, key=key, value=value, edge_slot=edge_slot)
+
+    def _use_face_basis(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> bool:
+        """Whether to attend in the token basis of the faces (see :meth:`_face_basis_operands`):
+        exact whenever every edge joins two nodes of one face, and cheaper per edge when there
+        are fewer tokens than query channels (:math:`D^3` instead of :math:`D^2 C/2`)."""
+        if self.face_basis is not None:
+            return bool(self.face_basis)
+        if x.size(1) >= self.arm.lin_q.out_features or edge_index.numel() == 0:
+            return False
+        return bool((batch[edge_index[0]] == batch[edge_index[1]]).all())
+
+    def _face_basis_operands(self, x: Tensor, node_tokens: Tensor, batch: Tensor):
+        r"""ARM operands expressed through the FAM attention maps :math:`\mathbf{M}_i` of the nodes.
+
+        :math:`\mathbf{F}_i = \mathbf{M}_i \mathbf{X}^v_{g(i)}` with
+        :math:`\mathbf{X}^v = \mathrm{Lin}_v^{\mathrm{FAM}}(\mathbf{X})`, and each row of
+        :math:`\mathbf{M}_i` sums to one, so every affine map of the ARM passes through it:
+        :math:`\mathrm{Lin}(\mathbf{F}_i) = \mathbf{M}_i \mathrm{Lin}(\mathbf{X}^v_{g(i)})`.
+        For an edge inside face :math:`g` the ARM scores are then
+        :math:`\mathbf{M}_j \mathbf{S}_g \mathbf{M}_i^{\top}` with the face-level
+        :math:`\mathbf{S}_g = \mathrm{Lin}_q(\mathbf{X}^v_g) \mathrm{Lin}_k(\mathbf{X}^v_g)^{\top}`
+        (:math:`D \times D`), and the projected values are
+        :math:`\mathbf{M}_i \mathrm{Lin}_{\mathrm{proj}}(\mathrm{Lin}_v(\mathbf{X}^v_g))`.
+        Returns ``(query, key, value)`` for :meth:`edge_update`: ``query`` :math:`\mathbf{M}`,
+        ``key`` :math:`\mathbf{M}_i \mathbf{S}_{g(i)}^{\top}` scaled by :math:`1/\sqrt{C/2}` (both
+        ``[n, D, D]``) and ``value`` ``[n, D, C]``.
+        """
+        fam, arm = self.fam, self.arm
+        # FAM scores q(U_i) k(X)^T = U_i (K W_q)^T + 1 (K b_q)^T with K = k(X): the query
+        # projection folds into the face's keys, D x C per face instead of D x C/2 per node.
+        face_key = fam.lin_k(x) * fam.scale                                 # [G, D, C/2]
+        scores = gather_matmul(node_tokens, face_key @ fam.lin_q.weight, None, batch,
+                               transpose_b=True)                            # [n, D, D]
+        scores = scores + (face_key @ fam.lin_q.bias).index_select(0, batch).unsqueeze(1)
+        attn = torch.softmax(scores, dim=-1)                                # [n, D, D]
+        face_value = fam.lin_v(x)                                           # [G, D, C]
+        face_scores = arm.lin_q(face_value) @ (arm.lin_k(face_value) * arm.scale).transpose(1, 2)
+        projected = self.lin_proj(arm.lin_v(face_value))                    # [G, D, C]
+        key = gather_matmul(attn, face_scores, None, batch, transpose_b=True)
+        value = gather_matmul(attn, projected, None, batch)
+        return attn, key, value
 
     def edge_update(self, query: Tensor, key: Tensor, value: Tensor, edge_index_i: Tensor,
                     edge_index_j: Tensor, edge_slot: Optional[Tensor]) -> Tensor:
         # Attention of edge j -> i: queries from the source's tokens, keys/values from the target's.
-        attn = gather_matmul(query, key, edge_index_j, edge_index_i, transpose_b=True)
-        attn = torch.softmax(attn * self.arm.scale, dim=-1)                 # [E, D, D]
-        column_mass = attn.sum(dim=1)                                       # [E, D]
-        num_tokens = attn.size(1)
-        pooled = gather_matmul(column_mass.unsqueeze(1), value, None, edge_index_i)
-        pooled = pooled.squeeze(1) / num_tokens                             # mean_d P_e, [E, C]
+        # (The keys carry the 1/sqrt(C/2) scale of the attention.)
+        num_tokens = query.size(1)
+        moments = self.norm is not None and (self.training or not self.norm.track_running_stats)
+        shift = centred = gram = None
+        if moments:  # node-centred values and their Gram matrices
+            shift = value.mean(dim=(1, 2), keepdim=True)                    # [n, 1, 1]
+            centred = value - shift
+            gram = centred @ centred.transpose(1, 2)                        # [n, D, D]
+        # Column sums 1^T A_e of the attention maps and, for the statistics, tr(A_e G_i A_e^T)
+        # with the node Gram matrices G_i = V~_i V~_i^T: with A 1 = 1, sum(P_e - c) =
+        # 1^T A_e V~_i 1 and sum((P_e - c)^2) = tr(A_e G_i A_e^T) for P_e = A_e V_i, so the slot
+        # statistics of P_e over tokens and channels need no [E, D, C] tensor. Centring per node
+        # keeps the subtraction of the moments well conditioned.
+        column_mass, second = softmax_column_moments(query, key, edge_index_j, edge_index_i, gram)
+        pooled = gather_matmul((column_mass / num_tokens).unsqueeze(1), value, None, edge_index_i)
+        pooled = pooled.squeeze(1)                                          # mean_d P_e, [E, C]
         if self.norm is None:
             return pooled
-        moments = None
-        if self.training or not self.norm.track_running_stats:
-            moments = self._edge_moments(attn, column_mass, value, edge_index_i)
-        return self.norm(pooled, edge_slot, moments=moments)
-
-    @staticmethod
-    def _edge_moments(attn: Tensor, column_mass: Tensor, value: Tensor, target: Tensor):
-        r"""Mean and sum of squared deviations of each ``P_e = A_e V_i`` over tokens and channels.
-
-        With the node-centred values :math:`\tilde{\mathbf{V}} = \mathbf{V} - c` and
-        :math:`\mathbf{A}\mathbf{1} = \mathbf{1}`: :math:`\sum (\mathbf{P}_e - c) =
-        \mathbf{1}^{\top}\mathbf{A}_e \tilde{\mathbf{V}}\mathbf{1}` and :math:`\sum (\mathbf{P}_e
-        - c)^2 = \mathrm{tr}(\mathbf{A}_e \tilde{\mathbf{V}}\tilde{\mathbf{V}}^{\top}
-        \mathbf{A}_e^{\top})`; centring per node keeps the subtraction below well conditioned.
-        """
+        if not moments:
+            return self.norm(pooled, edge_slot)
         count = value.size(1) * value.size(2)
-        shift = value.mean(dim=(1, 2), keepdim=True)                        # [n, 1, 1]
-        centred = value - shift
-        gram = centred @ centred.transpose(1, 2)                            # [n, D, D]
         row_sum = centred.sum(dim=2)                                        # [n, D]
-        first = (column_mass * row_sum.index_select(0, target)).sum(dim=1)  # [E]
-        second = (gather_matmul(attn, gram, None, target) * attn).sum(dim=(1, 2))
-        mean = shift.view(-1).index_select(0, target) + first / count
-        m2 = second - first.square() / count
-        return mean, m2, count
+        first = (column_mass * row_sum.index_select(0, edge_index_i)).sum(dim=1)  # [E]
+        mean = shift.view(-1).index_select(0, edge_index_i) + first / count
+        return self.norm(pooled, edge_slot, moments=(mean, second - first.square() / count, count))
 
     def __repr__(self) -> str:
         slots = None if self.norm is None else self.norm.num_slots

@@ -11,6 +11,7 @@ from torch_geometric.utils import softmax
 
 from .checks import check_edge_attr, check_edge_index
 from .norm import SlotBatchNorm
+from .ops import uniform_groups
 
 NORMS = (None, "batch", "slot")
 RESIDUALS = ("post", "pre")
@@ -116,14 +117,42 @@ class GatedGNNLayer(MessagePassing):
         out = x + torch.relu(out) if self.residual == "post" else torch.relu(x + out)
         return out, edge_attr
 
-    def edge_update(self, ax_i: Tensor, bx_j: Tensor, edge_attr: Tensor,
-                    edge_slot: Optional[Tensor]) -> Tensor:
-        update = ax_i + bx_j + self.lin_e(edge_attr)
-        return edge_attr + torch.relu(_apply_norm(self.norm_edge, update, edge_slot))
+    def edge_update(self, ax: Tensor, bx_j: Tensor, edge_attr: Tensor,
+                    edge_slot: Optional[Tensor], edge_index_i: Tensor) -> Tensor:
+        groups = uniform_groups(edge_index_i)
+        if groups is None:
+            update = ax.index_select(0, edge_index_i) + bx_j
+        else:  # edges in equal runs per target: broadcast A x_i over its run, no gather
+            first, k = groups
+            runs = bx_j.view(-1, k, bx_j.size(-1))
+            update = (runs + ax[first:first + runs.size(0)].unsqueeze(1)).view_as(bx_j)
+        update = torch.addmm(update, edge_attr, self.lin_e.weight.t())     # + E e_{j->i}
+        return edge_attr + torch.relu_(_apply_norm(self.norm_edge, update, edge_slot))
 
     def message(self, vx_j: Tensor, gate: Tensor, index: Tensor, ptr: Optional[Tensor],
                 size_i: Optional[int]) -> Tensor:
-        return softmax(gate, index, ptr, size_i) * vx_j
+        groups = uniform_groups(index)
+        if groups is None:
+            return softmax(gate, index, ptr, size_i) * vx_j
+        # Edges in equal consecutive runs per target: the softmax over the sources of a target is
+        # a softmax over one axis of a [targets, in-degree, C] view, with no scatter.
+        gate = torch.softmax(gate.view(-1, groups[1], gate.size(-1)), dim=1)
+        return gate.view_as(vx_j) * vx_j
+
+    def aggregate(self, inputs: Tensor, index: Tensor, ptr: Optional[Tensor] = None,
+                  dim_size: Optional[int] = None) -> Tensor:
+        groups = uniform_groups(index) if self.aggr in ("mean", "sum", "add") else None
+        if groups is None:
+            return super().aggregate(inputs, index, ptr, dim_size)
+        first, k = groups
+        runs = inputs.view(-1, k, inputs.size(-1))
+        runs = runs.mean(dim=1) if self.aggr == "mean" else runs.sum(dim=1)
+        size = dim_size if dim_size is not None else first + runs.size(0)
+        if first == 0 and runs.size(0) == size:
+            return runs
+        out = inputs.new_zeros(size, inputs.size(-1))  # nodes without incoming edges get 0
+        out[first:first + runs.size(0)] = runs
+        return out
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, norm={self.norm_kind!r}, "

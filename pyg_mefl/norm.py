@@ -114,8 +114,10 @@ class SlotBatchNorm(Module):
             scale = scale * self.weight
         view = (-1,) + (1,) * (x.dim() - 1) if self.num_channels is None else \
             (x.size(0),) + (1,) * (x.dim() - 2) + (x.size(-1),)
-        out = (x - shift[slot].view(view)) * scale[slot].view(view)
-        return out + self.bias[slot].view(view) if self.affine else out
+        centred = x - shift[slot].view(view)
+        if not self.affine:
+            return centred * scale[slot].view(view)
+        return torch.addcmul(self.bias[slot].view(view), centred, scale[slot].view(view))
 
     def _batch_statistics(self, row_mean: Tensor, row_m2: Tensor, row_count: int,
                           slot: Tensor) -> Tuple[Tensor, Tensor]:
