@@ -18,6 +18,7 @@ import json
 import math
 import os
 import random
+import sys
 import time
 
 import matplotlib
@@ -193,4 +194,10 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (FileNotFoundError, KeyError, TypeError, ValueError, ModuleNotFoundError) as error:
+        # a user's mistake (a path, a file's content, an option): one line, not a traceback
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"train_au.py: error: {message}", file=sys.stderr)
+        sys.exit(2)
