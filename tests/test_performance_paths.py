@@ -1,0 +1,350 @@
+"""The fast paths of pyg_mefl agree with the generic ones (float64, values and gradients).
+
+Fast paths: grouped products in ``gather_matmul`` (edges in equal runs per node), the chunked
+``softmax_column_moments`` that recomputes attention maps in its backward pass, the GEM's
+face-token basis, and the reshape softmax/aggregation of ``GatedGNNLayer`` on uniform graphs.
+No timing here: see benchmarks/bench_mefl.py.
+"""
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+import pyg_mefl.ops as ops
+from pyg_mefl import (MEFL, GatedGNNLayer, GraphEdgeModel, complete_au_graph, edge_slots,
+                      face_graph, gather_matmul)
+from pyg_mefl.ops import softmax_column_moments, uniform_groups
+
+DTYPE = torch.float64
+
+
+@pytest.fixture(params=[False, True], ids=["one-chunk", "many-chunks"])
+def chunked(request, monkeypatch):
+    """Run a test with the default chunk size and with chunks of a few edges."""
+    if request.param:
+        monkeypatch.setattr(ops, "_CHUNK_ELEMENTS", 64)
+    return request.param
+
+
+def _grads(out, inputs, seed=0):
+    weight = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(seed))
+    return torch.autograd.grad((out * weight).sum(), inputs, allow_unused=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# uniform_groups
+
+@pytest.mark.parametrize("index,expected", [
+    ([0, 0, 1, 1, 2, 2], (0, 2)),
+    ([3, 3, 3, 4, 4, 4], (3, 3)),
+    ([5], (5, 1)),
+    ([0, 1, 2, 3], (0, 1)),
+    ([0, 0, 1, 1, 1], None),       # uneven runs
+    ([0, 0, 2, 2], None),          # a gap
+    ([1, 1, 0, 0], None),          # not increasing
+    ([0, 1, 0, 1], None),          # interleaved
+    ([], None),
+])
+def test_uniform_groups(index, expected):
+    assert uniform_groups(torch.tensor(index, dtype=torch.long)) == expected
+
+
+# ------------------------------------------------------------------------------------------------
+# gather_matmul
+
+def _index_cases(num_edges, num_a, num_b, k, generator):
+    grouped = torch.arange(num_edges // k).repeat_interleave(k) + 1  # runs of k, offset 1
+    shuffled = torch.randint(0, num_b, (num_edges,), generator=generator)
+    return {
+        "both-gathered": (torch.randint(0, num_a, (num_edges,), generator=generator), shuffled),
+        "b-grouped": (torch.randint(0, num_a, (num_edges,), generator=generator), grouped),
+        "a-per-edge-b-grouped": (None, grouped),
+        "a-per-edge-b-gathered": (None, shuffled),
+        "a-gathered-b-per-edge": (torch.randint(0, num_a, (num_edges,), generator=generator), None),
+    }
+
+
+@pytest.mark.parametrize("transpose_b", [False, True])
+@pytest.mark.parametrize("case", ["both-gathered", "b-grouped", "a-per-edge-b-grouped",
+                                  "a-per-edge-b-gathered", "a-gathered-b-per-edge"])
+def test_gather_matmul_matches_indexing(case, transpose_b, chunked):
+    generator = torch.Generator().manual_seed(0)
+    num_edges, num_a, num_b, k, p, q, r = 12, 5, 7, 3, 2, 4, 3
+    a_index, b_index = _index_cases(num_edges, num_a, num_b, k, generator)[case]
+    a = torch.randn(num_a if a_index is not None else num_edges, p, q, dtype=DTYPE,
+                    generator=generator, requires_grad=True)
+    b_shape = (r, q) if transpose_b else (q, r)
+    b = torch.randn(num_b if b_index is not None else num_edges, *b_shape, dtype=DTYPE,
+                    generator=generator, requires_grad=True)
+
+    out = gather_matmul(a, b, a_index, b_index, transpose_b=transpose_b)
+    a_rows = a if a_index is None else a[a_index]
+    b_rows = b if b_index is None else b[b_index]
+    expected = a_rows @ (b_rows.transpose(1, 2) if transpose_b else b_rows)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(_grads(out, (a, b)), _grads(expected, (a, b))):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["both-gathered", "b-grouped", "a-per-edge-b-grouped"])
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_gather_matmul_gradcheck(case, transpose_b, chunked):
+    generator = torch.Generator().manual_seed(1)
+    a_index, b_index = _index_cases(6, 3, 4, 2, generator)[case]
+    a = torch.randn(3 if a_index is not None else 6, 2, 3, dtype=DTYPE, generator=generator,
+                    requires_grad=True)
+    b = torch.randn(4, *((2, 3) if transpose_b else (3, 2)), dtype=DTYPE, generator=generator,
+                    requires_grad=True)
+    assert torch.autograd.gradcheck(
+        lambda a, b: gather_matmul(a, b, a_index, b_index, transpose_b=transpose_b), (a, b))
+
+
+# ------------------------------------------------------------------------------------------------
+# softmax_column_moments
+
+def _naive_moments(query, key, source, target, gram):
+    attn = torch.softmax(query[source] @ key[target].transpose(1, 2), dim=-1)
+    second = None if gram is None else ((attn @ gram[target]) * attn).sum(dim=(1, 2))
+    return attn.sum(dim=1), second
+
+
+def _moment_inputs(grouped, with_gram, generator, num_nodes=5, k=3, rows=4, cols=3, width=6):
+    num_edges = num_nodes * k
+    if grouped:
+        target = torch.arange(num_nodes).repeat_interleave(k)
+    else:
+        target = torch.randint(0, num_nodes, (num_edges,), generator=generator)
+    source = torch.randint(0, num_nodes, (num_edges,), generator=generator)
+    query = torch.randn(num_nodes, rows, width, dtype=DTYPE, generator=generator) * 2
+    key = torch.randn(num_nodes, cols, width, dtype=DTYPE, generator=generator)
+    gram = None
+    if with_gram:
+        factor = torch.randn(num_nodes, cols, 5, dtype=DTYPE, generator=generator)
+        gram = factor @ factor.transpose(1, 2)
+        gram.requires_grad_()
+    return query.requires_grad_(), key.requires_grad_(), gram, source, target
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "gathered"])
+@pytest.mark.parametrize("with_gram", [True, False], ids=["gram", "no-gram"])
+def test_softmax_column_moments_matches_naive(grouped, with_gram, chunked):
+    generator = torch.Generator().manual_seed(2)
+    query, key, gram, source, target = _moment_inputs(grouped, with_gram, generator)
+    mass, second = softmax_column_moments(query, key, source, target, gram)
+    want_mass, want_second = _naive_moments(query, key, source, target, gram)
+    torch.testing.assert_close(mass, want_mass, rtol=1e-12, atol=1e-12)
+    inputs = tuple(t for t in (query, key, gram) if t is not None)
+    if with_gram:
+        torch.testing.assert_close(second, want_second, rtol=1e-12, atol=1e-12)
+        total = (mass * mass.detach().sin()).sum() + (second * 0.3).sum()
+        want_total = (want_mass * want_mass.detach().sin()).sum() + (want_second * 0.3).sum()
+    else:
+        assert second is None
+        total, want_total = (mass * mass.detach().sin()).sum(), (want_mass * want_mass.detach()
+                                                                 .sin()).sum()
+    for got, want in zip(torch.autograd.grad(total, inputs),
+                         torch.autograd.grad(want_total, inputs)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "gathered"])
+def test_softmax_column_moments_gradcheck(grouped, chunked):
+    generator = torch.Generator().manual_seed(3)
+    query, key, gram, source, target = _moment_inputs(grouped, True, generator, num_nodes=3, k=2,
+                                                      rows=3, cols=2, width=2)
+    assert torch.autograd.gradcheck(
+        lambda q, k, g: softmax_column_moments(q, k, source, target, g), (query, key, gram))
+    assert torch.autograd.gradcheck(
+        lambda q, k: softmax_column_moments(q, k, source, target)[0], (query, key))
+
+
+# ------------------------------------------------------------------------------------------------
+# GEM: face-token basis against the generic per-node attention
+
+def _gem_inputs(num_faces=3, num_aus=4, tokens=5, channels=16, seed=4):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(num_faces, tokens, channels, dtype=DTYPE, generator=generator)
+    node_tokens = torch.randn(num_faces * num_aus, tokens, channels, dtype=DTYPE,
+                              generator=generator)
+    au_id = torch.arange(num_aus).repeat(num_faces)
+    batch = torch.arange(num_faces).repeat_interleave(num_aus)
+    return x.requires_grad_(), node_tokens.requires_grad_(), au_id, batch
+
+
+def _gem_pair(num_aus, channels=16):
+    torch.manual_seed(5)
+    fast = GraphEdgeModel(channels, num_edge_slots=num_aus ** 2).to(DTYPE)
+    with torch.no_grad():  # distinct slot affines
+        fast.norm.weight.uniform_(0.5, 1.5)
+        fast.norm.bias.normal_()
+        fast.norm.running_mean.normal_()
+        fast.norm.running_var.uniform_(0.5, 1.5)
+    generic = GraphEdgeModel(channels, num_edge_slots=num_aus ** 2).to(DTYPE)
+    generic.load_state_dict(fast.state_dict())
+    generic.face_basis = False
+    return fast, generic
+
+
+@pytest.mark.parametrize("graph", ["complete", "sparse-shuffled"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gem_face_basis_matches_generic(graph, training, chunked):
+    num_faces, num_aus = 3, 4
+    x, node_tokens, au_id, batch = _gem_inputs(num_faces, num_aus)
+    edge_index = complete_au_graph(num_aus, num_faces)
+    if graph == "sparse-shuffled":  # uneven in-degree, edges in random order
+        keep = torch.rand(edge_index.size(1), generator=torch.Generator().manual_seed(6)) < 0.6
+        edge_index = edge_index[:, keep]
+        edge_index = edge_index[:, torch.randperm(edge_index.size(1))]
+    slot = edge_slots(edge_index, au_id, num_aus)
+    fast, generic = _gem_pair(num_aus)
+    fast.train(training)
+    generic.train(training)
+    assert fast._use_face_basis(x, edge_index, batch)
+    out = fast(x, node_tokens, edge_index, batch, slot)
+    expected = generic(x, node_tokens, edge_index, batch, slot)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    params = (x, node_tokens) + tuple(fast.parameters())
+    want_params = (x, node_tokens) + tuple(generic.parameters())
+    for got, want in zip(_grads(out, params), _grads(expected, want_params)):
+        if want is None:
+            assert got is None or float(got.abs().max()) < 1e-10
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
+    if training:
+        torch.testing.assert_close(fast.norm.running_mean, generic.norm.running_mean)
+        torch.testing.assert_close(fast.norm.running_var, generic.norm.running_var)
+
+
+def test_gem_edges_across_faces_use_the_generic_path():
+    x, node_tokens, au_id, batch = _gem_inputs(2, 3)
+    edge_index = torch.tensor([[0, 3, 1], [4, 1, 1]])  # 0 -> 4 and 3 -> 1 join two faces
+    fast, generic = _gem_pair(3)
+    assert not fast._use_face_basis(x, edge_index, batch)
+    slot = edge_slots(edge_index, au_id, 3)
+    fast.eval()
+    generic.eval()
+    torch.testing.assert_close(fast(x, node_tokens, edge_index, batch, slot),
+                               generic(x, node_tokens, edge_index, batch, slot))
+
+
+def test_gem_face_basis_off_when_tokens_exceed_query_channels():
+    x, node_tokens, au_id, batch = _gem_inputs(tokens=9, channels=16)  # D = 9 > C/2 = 8
+    fast, _ = _gem_pair(4)
+    assert not fast._use_face_basis(x, complete_au_graph(4, 3), batch)
+
+
+# ------------------------------------------------------------------------------------------------
+# Gated GNN: reshape softmax / aggregation on uniform graphs against the scatter path
+
+@pytest.mark.parametrize("norm", ["slot", "batch", None])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("aggr", ["mean", "sum"])
+def test_gnn_uniform_fast_path_matches_scatter_path(norm, training, aggr):
+    num_faces, num_aus, channels = 3, 5, 8
+    generator = torch.Generator().manual_seed(7)
+    torch.manual_seed(7)
+    layer = GatedGNNLayer(channels, norm=norm, num_node_slots=num_aus,
+                          num_edge_slots=num_aus ** 2, aggr=aggr).to(DTYPE).train(training)
+    edge_index = complete_au_graph(num_aus, num_faces)  # runs of num_aus edges per target
+    assert uniform_groups(edge_index[1]) == (0, num_aus)
+    perm = torch.randperm(edge_index.size(1), generator=generator)  # same graph, scatter path
+    assert uniform_groups(edge_index[1, perm]) is None
+    au_id = torch.arange(num_aus).repeat(num_faces)
+    x = torch.randn(num_faces * num_aus, channels, dtype=DTYPE, generator=generator,
+                    requires_grad=True)
+    edge_attr = torch.randn(edge_index.size(1), channels, dtype=DTYPE, generator=generator,
+                            requires_grad=True)
+    slot = edge_slots(edge_index, au_id, num_aus)
+
+    out, edges = layer(x, edge_index, edge_attr, au_id, slot)
+    out_ref, edges_ref = layer(x, edge_index[:, perm], edge_attr[perm], au_id, slot[perm])
+    torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(edges[perm], edges_ref, rtol=1e-10, atol=1e-10)
+    total = _grads(torch.cat([out.flatten(), edges[perm].flatten()]), (x, edge_attr))
+    total_ref = _grads(torch.cat([out_ref.flatten(), edges_ref.flatten()]), (x, edge_attr))
+    for got, want in zip(total, total_ref):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+def test_gnn_uniform_runs_with_leading_and_trailing_isolated_nodes():
+    """Runs covering nodes 2..4 of 7: nodes 0, 1, 5, 6 receive nothing (x' = U x)."""
+    torch.manual_seed(8)
+    layer = GatedGNNLayer(6, norm=None).to(DTYPE).eval()
+    target = torch.arange(2, 5).repeat_interleave(2)
+    source = torch.tensor([0, 1, 5, 6, 2, 3])
+    edge_index = torch.stack([source, target])
+    x = torch.randn(7, 6, dtype=DTYPE)
+    edge_attr = torch.randn(6, 6, dtype=DTYPE)
+    out, _ = layer(x, edge_index, edge_attr)
+    perm = torch.tensor([5, 0, 3, 1, 4, 2])
+    out_ref, _ = layer(x, edge_index[:, perm], edge_attr[perm])
+    torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole model: every fast path on against the generic paths
+
+def _model(num_aus=6, channels=16):
+    torch.manual_seed(9)
+    model = MEFL(channels, num_aus, 0).to(DTYPE)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "running_var") and module.running_var is not None:
+                module.running_mean.normal_()
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_model_fast_paths_match_generic_paths(training):
+    num_faces, num_aus, tokens, channels = 3, 6, 5, 16
+    x = torch.randn(num_faces, tokens, channels, dtype=DTYPE,
+                    generator=torch.Generator().manual_seed(10))
+    fast_model = _model(num_aus, channels).train(training)
+    generic_model = _model(num_aus, channels).train(training)
+    generic_model.gem.face_basis = False  # per-node attention in the GEM
+    # the same complete graphs with shuffled edges: scatter softmax/aggregation in the GNN and
+    # gathered instead of grouped products in the GEM
+    generator = torch.Generator().manual_seed(11)
+    graphs, perms = [], []
+    for b in range(num_faces):
+        perm = torch.randperm(num_aus ** 2, generator=generator)
+        perms.append(perm + b * num_aus ** 2)
+        graphs.append(face_graph(x[b], num_aus, edge_index=complete_au_graph(num_aus)[:, perm]))
+    perm = torch.cat(perms)
+
+    fast = fast_model(x, return_edges=True)
+    generic = generic_model(Batch.from_data_list(graphs), return_edges=True)
+    torch.testing.assert_close(fast.probs, generic.probs, rtol=1e-10, atol=1e-10)
+    fast_edges = fast.edge_attr.reshape(-1, channels)[perm]
+    torch.testing.assert_close(fast_edges, generic.edge_attr, rtol=1e-10, atol=1e-10)
+
+    weights = torch.randn(fast.probs.shape, dtype=DTYPE)
+    ((fast.probs * weights).sum() + fast_edges.square().mean()).backward()
+    ((generic.probs * weights).sum() + generic.edge_attr.square().mean()).backward()
+    generic_params = dict(generic_model.named_parameters())
+    for name, param in fast_model.named_parameters():
+        torch.testing.assert_close(param.grad, generic_params[name].grad, rtol=1e-8, atol=1e-10,
+                                   msg=lambda m: f"{name}: {m}")
+    generic_state = generic_model.state_dict()
+    for name, buffer in fast_model.state_dict().items():
+        if "running" in name or "num_batches" in name:
+            torch.testing.assert_close(buffer, generic_state[name], rtol=1e-10, atol=1e-12)
+
+
+def test_custom_functions_under_bf16_autocast():
+    """Under autocast the products run in its dtype, forward and backward; gradients reach the
+    float32 inputs."""
+    generator = torch.Generator().manual_seed(12)
+    a = torch.randn(4, 3, 5, generator=generator, requires_grad=True)
+    b = torch.randn(4, 6, 5, generator=generator, requires_grad=True)
+    index = torch.arange(4).repeat_interleave(2)
+    source = torch.randint(0, 4, (8,), generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = gather_matmul(a, b, source, index, transpose_b=True)
+        mass, _ = softmax_column_moments(a, b, source, index)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out.float(), a[source] @ b[index].transpose(1, 2), rtol=0.05,
+                               atol=0.1)
+    (out.float().sum() + mass.float().square().sum()).backward()
+    assert a.grad.dtype == torch.float32 and torch.isfinite(a.grad).all()
+    assert b.grad.dtype == torch.float32 and torch.isfinite(b.grad).all()
