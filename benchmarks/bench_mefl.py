@@ -15,8 +15,9 @@ Method:
     Memory. Every (implementation, mode, B, N) gets a fresh worker process (this file with
     ``--worker``). It builds the model and the input, runs one step of a tiny model of the same
     class (so that imports, lazy initialisation and thread pools are not charged to the step),
-    collects garbage, resets the kernel's resident-set high-water mark (``/proc/self/clear_refs``
-    <- 5) and reads the resident set ``base``; then it runs one full-size step. **Peak memory per
+    collects garbage, returns the freed heap to the kernel (glibc ``malloc_trim``), resets the
+    kernel's resident-set high-water mark (``/proc/self/clear_refs`` <- 5) and reads the
+    resident set ``base``; then it runs one full-size step. **Peak memory per
     step = VmHWM after the step - base**: what the step itself needed on top of the model and
     its input (activations, autograd's saved tensors, the gradients, which are set to ``None``
     before each step, and transient buffers), counted by the kernel in resident pages rather than
@@ -51,7 +52,10 @@ Method:
     stalls every parallel region at its barrier, which costs the implementation with many
     mid-sized operations (pyg_mefl) proportionally more than one dominated by a few huge
     products (dense): the load averages at the start and the end of the run are recorded, and
-    the ratios are best read from a quiet machine.
+    the ratios are best read from a quiet machine. On the shared 2-vCPU VM this was written on,
+    GNU OpenMP's default wait policy (spin, then sleep) made such stalls far worse than either
+    ``OMP_WAIT_POLICY=PASSIVE`` or ``ACTIVE`` (a small pyg_mefl training step: 4 s against
+    0.1-0.2 s); ``--omp-wait-policy`` sets it for the workers, and the JSON records it.
 
 FLOPs: counted with ``torch.utils.flop_counter.FlopCounterMode`` (matrix products, which is
 nearly all of both implementations' arithmetic) for one forward pass, and for forward + backward
@@ -107,6 +111,16 @@ def _status_mb(field: str) -> float:
                 return int(line.split()[1]) / 1024
     return float("nan")
 
+
+
+def _trim_heap() -> None:
+    """Return freed heap memory to the kernel (glibc), so that setup garbage cannot serve the
+    measured step without being counted."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _reset_peak() -> bool:
@@ -210,6 +224,7 @@ def worker(args) -> dict:
     make_step(tiny_model, tiny_x, "train")()
     del tiny_model, tiny_x
     gc.collect()
+    _trim_heap()
     exact = _reset_peak()
     base_rss, base_max = _status_mb("VmRSS"), _status_mb("VmHWM")
     if args.data_limit_mb:  # a wrong memory estimate then fails this worker, not the machine
@@ -351,6 +366,8 @@ def run_worker(args, **options) -> dict:
         else:
             cmd += [flag, str(value)]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    if args.omp_wait_policy != "inherit":
+        env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -543,6 +560,9 @@ def main():
                         help="largest estimated dense peak to run (default: 65%% of the "
                              "available memory, at most 16 GB)")
     parser.add_argument("--skip-dense", action="store_true")
+    parser.add_argument("--omp-wait-policy", choices=("inherit", "passive", "active"),
+                        default="inherit",
+                        help="OMP_WAIT_POLICY of the workers (default: as in the environment)")
     # worker options
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=("dense", "pyg"), help=argparse.SUPPRESS)
@@ -565,6 +585,8 @@ def main():
         print(f"[{time.perf_counter() - started:5.0f} s] {message}", flush=True)
 
     info = machine_info(args.threads)
+    info["omp_wait_policy"] = (args.omp_wait_policy.upper() if args.omp_wait_policy != "inherit"
+                               else os.environ.get("OMP_WAIT_POLICY", "unset"))
     info["sgemm_gflops"] = round(sgemm_rate(args.threads), 1)
     log(f"{info['cpu']}, {args.threads} threads, torch {info['torch']}, PyG "
         f"{info['torch_geometric']}, torch_scatter {info['torch_scatter']}; float32 sgemm "
@@ -623,7 +645,8 @@ def render(results) -> str:
         f"{info['logical_cpus']} logical CPUs, {info['mem_total_gb']} GB; torch {info['torch']}, "
         f"torch_geometric {info['torch_geometric']}, torch_scatter {info['torch_scatter']}; "
         f"float32 sgemm {sgemm} GFLOP/s; load average {info['loadavg_start'][0]:.2f} at the "
-        f"start, {info['loadavg_end'][0]:.2f} at the end.",
+        f"start, {info['loadavg_end'][0]:.2f} at the end; OMP_WAIT_POLICY "
+        f"{info['omp_wait_policy']}.",
         f"D = {TOKENS}, C = {CHANNELS}, 14 sub AUs with N = 27. Time: median per step, both "
         "implementations alternating in one process. Memory: peak resident memory of one step "
         "over the model and input, each in a fresh process. GFLOP/s: FLOPs of the step (forward "
