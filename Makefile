@@ -2,8 +2,10 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# torch 2.13.0 is the CPU build that lies on this machine's disk; a bare `torch` pulls a CUDA build.
-TORCH  ?= torch==2.13.0
+# PyPI's standard torch 2.13.0 build: the CPU wheel on this machine's disk (2.13.0+cpu) cannot load
+# torchvision's operators, and the backbones (torchvision, timm) are tested, so one build serves all.
+TORCH  ?= torch==2.13.0,!=2.13.0+cpu
+VISION ?= torchvision==0.28.0 timm
 STAMP  := $(VENV)/.installed
 
 .PHONY: test demo bench venv clean
@@ -12,11 +14,11 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml setup.cfg Makefile
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "$(TORCH)" setuptools wheel ninja
+	$(PY) -m pip install --quiet "$(TORCH)" $(VISION) setuptools wheel ninja
 	# torch_scatter ships no wheel here: it is compiled against the torch installed above
 	# (ninja lets it use every core).
 	MAX_JOBS=$$(nproc) $(PY) -m pip install --quiet --no-build-isolation torch_scatter
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,vision,video]"
 	touch $(STAMP)
 
 test: $(STAMP)
