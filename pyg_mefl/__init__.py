@@ -1,20 +1,13 @@
 """pyg_mefl: MEFL (multi-dimensional edge feature learning) for facial action units as
 PyTorch Geometric layers."""
-from .attention import CrossAttention
-from .aus import BP4D_AUS, DISFA_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS
-from .backbones import ResNet50Tokens, SmallCNN, build_backbone
-from .blocks import AUFeatureBlocks, LinearBlock
-from .datasets import (FaceGraphDataset, ImageListFaceDataset, SyntheticFaceDataset,
-                       TokenFaceDataset, vocabulary_ids)
-from .gem import GraphEdgeModel
-from .gnn import GatedGNN, GatedGNNLayer
-from .graph import complete_au_graph, edge_slots, face_graph, relation_labels
-from .losses import MEFLLoss, WeightedAsymmetricLoss, au_class_weights, relation_loss
-from .metrics import AUMetrics
-from .model import MEFL, MEFLOutput
-from .norm import SlotBatchNorm
-from .ops import gather_matmul
-from .training import FaceAUModel, au_targets, fit
+from .data import (BP4D_AUS, DISFA_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS,
+                   FaceGraphDataset, ImageListFaceDataset, SyntheticFaceDataset, TokenFaceDataset,
+                   complete_au_graph, edge_slots, face_graph, relation_labels, vocabulary_ids)
+from .models import FaceAUModel, ResNet50Tokens, SmallCNN, build_backbone
+from .nn import (MEFL, AUFeatureBlocks, CrossAttention, GatedGNN, GatedGNNLayer, GraphEdgeModel,
+                 LinearBlock, MEFLOutput, SlotBatchNorm, gather_matmul)
+from .train import (AUMetrics, MEFLLoss, WeightedAsymmetricLoss, au_class_weights, au_targets,
+                    fit, relation_loss)
 
 __version__ = "0.1.0"
 

@@ -3,7 +3,7 @@ import torch
 
 from dense_reference import DenseMEFL
 from pyg_mefl import MEFL
-from pyg_mefl.checkpoint import HeadConfig, to_native
+from pyg_mefl.pretrained import HeadConfig, to_native
 
 
 def randomize_batchnorms(module: torch.nn.Module, generator: torch.Generator) -> None:

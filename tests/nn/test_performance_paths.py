@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-import pyg_mefl.ops as ops
+import pyg_mefl.nn.ops as ops
 from pyg_mefl import (MEFL, GatedGNNLayer, GraphEdgeModel, complete_au_graph, edge_slots,
                       face_graph, gather_matmul)
-from pyg_mefl.ops import softmax_column_moments, uniform_groups
+from pyg_mefl.nn.ops import softmax_column_moments, uniform_groups
 
 DTYPE = torch.float64
 

@@ -9,7 +9,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.norm import BatchNorm
 from torch_geometric.utils import softmax
 
-from .checks import check_edge_attr, check_edge_index
+from ..utils.checks import check_edge_attr, check_edge_index
 from .norm import SlotBatchNorm
 from .ops import uniform_groups
 

@@ -3,15 +3,16 @@ import os
 
 import pytest
 import torch
-from PIL import Image
 from torch_geometric.loader import DataLoader
 
+from image_lists import write_image_lists
+
 from pyg_mefl import BP4D_AUS, DISFA_AUS, MEFL, OPENGRAPHAU_MAIN_AUS, face_graph
-from pyg_mefl.backbones import SmallCNN, build_backbone
-from pyg_mefl.datasets import (ImageListFaceDataset, SyntheticFaceDataset, TokenFaceDataset,
+from pyg_mefl.models.backbones import SmallCNN, build_backbone
+from pyg_mefl.data.datasets import (ImageListFaceDataset, SyntheticFaceDataset, TokenFaceDataset,
                                random_split, vocabulary_ids)
-from pyg_mefl.losses import MEFLLoss
-from pyg_mefl.training import FaceAUModel, au_targets
+from pyg_mefl.train.losses import MEFLLoss
+from pyg_mefl import FaceAUModel, au_targets
 
 
 def _check_graph(data, num_aus):
@@ -105,26 +106,8 @@ def test_token_file_errors(tmp_path):
 
 # --- images in the ME-GraphAU list layout --------------------------------------------------
 
-def _write_image_lists(root, name="Toy", fold=1, num_train=5, num_test=3, num_aus=3):
-    generator = torch.Generator().manual_seed(0)
-    os.makedirs(root / "list")
-    for part, count in (("train", num_train), ("test", num_test)):
-        paths, rows = [], []
-        for i in range(count):
-            relative = f"subject{i % 2}/{part}_{i}.png"
-            os.makedirs(root / "img" / f"subject{i % 2}", exist_ok=True)
-            pixels = torch.randint(0, 256, (20, 24, 3), generator=generator, dtype=torch.uint8)
-            Image.fromarray(pixels.numpy()).save(root / "img" / relative)
-            paths.append(relative)
-            row = torch.randint(0, 2, (num_aus,), generator=generator).tolist()
-            rows.append(" ".join(str(v) for v in row[:-1] + [-1 if i == 0 else row[-1]]))
-        for kind, lines in (("img_path", paths), ("label", rows)):
-            (root / "list" / f"{name}_{part}_{kind}_fold{fold}.txt").write_text(
-                "\n".join(lines) + "\n")
-
-
 def test_image_lists(tmp_path):
-    _write_image_lists(tmp_path)
+    write_image_lists(tmp_path)
     data = ImageListFaceDataset(tmp_path, "Toy", 1, image_size=16, val_fraction=0.2)
     assert len(data) == 8 and data.num_aus == 3 and data.au_names == ["AU#0", "AU#1", "AU#2"]
     assert [len(data.subset(s)) for s in ("train", "val", "test")] == [4, 1, 3]
@@ -144,7 +127,7 @@ def test_image_lists(tmp_path):
 
 
 def test_image_list_errors(tmp_path):
-    _write_image_lists(tmp_path)
+    write_image_lists(tmp_path)
     label_file = tmp_path / "list" / "Toy_train_label_fold1.txt"
     lines = label_file.read_text().splitlines()
     label_file.write_text("\n".join(lines[:1] + ["1 0"] + lines[2:]) + "\n")

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from pairs import make_pair, relative_error
-from pyg_mefl.checkpoint import HeadConfig, to_native
+from pyg_mefl.pretrained import HeadConfig, to_native
 
 TOL = 1e-5
 CONFIGS = [  # (num_aus, num_sub, residual, edge_head)

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from pyg_mefl.losses import MEFLLoss, WeightedAsymmetricLoss, au_class_weights, relation_loss
-from pyg_mefl.metrics import AUMetrics
+from pyg_mefl.train.losses import MEFLLoss, WeightedAsymmetricLoss, au_class_weights, relation_loss
+from pyg_mefl.train.metrics import AUMetrics
 
 NAN = float("nan")
 

@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from .checks import check_edge_index, check_labels, check_tokens
+from ..utils.checks import check_edge_index, check_labels, check_tokens
 
 
 def complete_au_graph(num_aus: int, batch_size: int = 1,

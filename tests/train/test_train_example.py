@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from pyg_mefl import OPENGRAPHAU_MAIN_AUS
-from test_data import _write_image_lists
+from image_lists import write_image_lists
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "train_au.py"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_au.py"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 OUTPUTS = ("checkpoint.pt", "best.pt", "metrics.json", "f1_per_au.png", "au_relations.png",
            "training_curves.png")
@@ -77,7 +77,7 @@ def test_example_features_file(train_au, features, tmp_path):
 
 @pytest.mark.slow
 def test_example_images_cnn(train_au, tmp_path):
-    _write_image_lists(tmp_path / "data", name="Toy", num_train=10, num_test=4)
+    write_image_lists(tmp_path / "data", name="Toy", num_train=10, num_test=4)
     train_au.main(["--data-root", str(tmp_path / "data"), "--dataset", "Toy", "--fold", "1",
                    "--backbone", "cnn", "--image-size", "32", "--channels", "16",
                    "--epochs", "1", "--batch-size", "4", "--lam", "0", "--out",

@@ -12,7 +12,7 @@ from dense_reference import DenseLinearBlock, DenseMEFL, to_layout, wrap
 from pairs import randomize_batchnorms, relative_error
 from pyg_mefl import BP4D_AUS, DISFA_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS, LinearBlock
 from pyg_mefl import MEFL
-from pyg_mefl.checkpoint import CheckpointParts
+from pyg_mefl.pretrained import CheckpointParts
 
 TOL = 1e-5
 C, C_IN, D, B = 16, 12, 5, 3  # head width, backbone width (before the global linear), tokens, faces
@@ -221,7 +221,7 @@ def test_float64_checkpoint_keeps_its_dtype():
 
 def _readme_checkpoint_block():
     """The code block of the README section "Load a published checkpoint"."""
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (pathlib.Path(__file__).resolve().parents[2] / "README.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
     return next(block for block in blocks if "from_pretrained" in block)
 

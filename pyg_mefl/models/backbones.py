@@ -5,7 +5,7 @@ from torch import Tensor
 from torch.nn import BatchNorm2d, Conv2d, Module, ReLU, Sequential
 from torch.nn.functional import adaptive_avg_pool2d
 
-from .blocks import LinearBlock
+from ..nn.blocks import LinearBlock
 
 BACKBONES = ("cnn", "resnet50")
 

@@ -1,22 +1,16 @@
-"""Published MEFL checkpoint layouts (SPEC §8) as rename tables, and strict loading/saving.
+"""Published MEFL head layouts (SPEC §8) as rename tables.
 
 Everything that differs between the mexca, OpenGraphAU and ME-GraphAU layouts is data in
 :data:`LAYOUTS`; :func:`head_rules` expands it into one ``(native key, published key(s), how)``
-rule per tensor, and :func:`to_native` / :func:`to_published` apply the rules in either direction.
+rule per tensor, which :mod:`pyg_mefl.pretrained.rename` applies in either direction.
 """
-import logging
-import os
 import re
-from collections import OrderedDict
-from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
-import torch
 from torch import Tensor
 
-from .aus import BP4D_AUS, DISFA_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS
-
-log = logging.getLogger("pyg_mefl")
+from ..data.aus import BP4D_AUS, DISFA_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS
 
 SOURCES = ("mexca", "opengraphau", "me-graphau")
 _LINEAR = ("weight", "bias")
@@ -211,168 +205,3 @@ def published_au_names(source: str, config: HeadConfig) -> Optional[List[str]]:
     if main is None or (config.num_sub_aus and config.num_sub_aus != len(lay["sub_au_names"])):
         return None
     return list(main) + list(lay["sub_au_names"][:config.num_sub_aus])
-
-
-def _rename_in(state: Mapping[str, Tensor], rules: Sequence[Rule],
-               expected: Mapping[str, torch.Size], where: str) -> Dict[str, Tensor]:
-    """Apply ``rules`` (published → native), consuming every key of ``state`` and checking each
-    shape against ``expected``."""
-    remaining = dict(state)
-    native: Dict[str, Tensor] = OrderedDict()
-    for name, published, how in rules:
-        keys = published if isinstance(published, list) else [published]
-        missing = [k for k in keys if k not in remaining]
-        if missing:
-            raise KeyError(f"missing key '{missing[0]}' in the {where} (needed for {name}; "
-                           f"{len(missing)} missing for it in all)")
-        tensors = [remaining.pop(k) for k in keys]
-        want = tuple(expected[name])
-        per_key = want[1:] if how == STACK else () if how == SHARED_COUNTER else want
-        for key, tensor in zip(keys, tensors):
-            if tuple(tensor.shape) != per_key:
-                raise ValueError(f"key '{key}' in the {where}: expected shape {list(per_key)}, "
-                                 f"got {list(tensor.shape)}")
-        if how == STACK:
-            native[name] = torch.stack(tensors)
-        elif how == SHARED_COUNTER:
-            native[name] = tensors[0].expand(want).clone()
-        else:
-            native[name] = tensors[0]
-    if remaining:
-        keys = sorted(remaining)
-        raise KeyError(f"unexpected key(s) in the {where}: {keys[:8]}"
-                       + (f" and {len(keys) - 8} more" if len(keys) > 8 else ""))
-    return native
-
-
-def _rename_out(native: Mapping[str, Tensor], rules: Sequence[Rule]) -> Dict[str, Tensor]:
-    """Apply ``rules`` (native → published) in order; a run of ``STACK`` rules is written AU by
-    AU, as the published module lists hold them."""
-    out: Dict[str, Tensor] = OrderedDict()
-    stacked: List[Tuple[List[str], Tuple[Tensor, ...]]] = []
-
-    def flush():
-        for au in range(len(stacked[0][0]) if stacked else 0):
-            out.update((keys[au], parts[au].clone()) for keys, parts in stacked)
-        stacked.clear()
-
-    for name, published, how in rules:
-        tensor = native[name].detach()
-        if how == STACK:
-            stacked.append((published, tensor.unbind(0)))
-            continue
-        flush()
-        if how == SHARED_COUNTER:  # the published layer counts the batches of its busiest slot
-            out[published] = tensor.max().clone()
-        else:
-            out[published] = tensor.clone()
-    flush()
-    return out
-
-
-def to_native(head: Mapping[str, Tensor], source: str, config: HeadConfig,
-              expected: Mapping[str, torch.Size]) -> Dict[str, Tensor]:
-    """Rename a published head state dict to pyg_mefl's names, consuming every key and checking
-    each shape against ``expected`` (the native state dict's shapes)."""
-    return _rename_in(head, head_rules(source, config), expected, f"{source} checkpoint")
-
-
-def to_published(native: Mapping[str, Tensor], source: str,
-                 config: HeadConfig) -> Dict[str, Tensor]:
-    """pyg_mefl's state dict renamed to the published ``source`` layout (fresh tensors)."""
-    return _rename_out(native, head_rules(source, config))
-
-
-def global_linear_to_native(state: Mapping[str, Tensor], prefix: str) -> Dict[str, Tensor]:
-    """The global linear block's published keys (``<prefix>.fc.*``, ``<prefix>.bn.*``) renamed to
-    :class:`~pyg_mefl.LinearBlock`'s, strictly; sizes come from ``fc.weight``."""
-    where = f"global linear block ({prefix})"
-    weight = state.get(f"{prefix}.fc.weight")
-    if weight is None:
-        raise KeyError(f"missing key '{prefix}.fc.weight' in the {where}")
-    if weight.dim() != 2:
-        raise ValueError(f"key '{prefix}.fc.weight' in the {where}: expected a 2-D weight, "
-                         f"got shape {list(weight.shape)}")
-    out_channels = weight.shape[0]
-    expected = {"lin.weight": weight.shape, "lin.bias": (out_channels,),
-                "norm.num_batches_tracked": ()}
-    expected.update((f"norm.{f}", (out_channels,)) for f in _BN_STATS)
-    rules = [(native, f"{prefix}.{published}", how)
-             for native, published, how in GLOBAL_LINEAR_RULES]
-    return _rename_in(state, rules, expected, where)
-
-
-def global_linear_to_published(native: Mapping[str, Tensor], prefix: str) -> Dict[str, Tensor]:
-    """A :class:`~pyg_mefl.LinearBlock` state dict under the published names at ``prefix``."""
-    return _rename_out(native, [(n, f"{prefix}.{p}", how) for n, p, how in GLOBAL_LINEAR_RULES])
-
-
-@dataclass
-class CheckpointParts:
-    """What a checkpoint held besides the MEFL head: its ``source`` layout, the global linear
-    block (a :class:`~pyg_mefl.LinearBlock` to run on the backbone tokens before MEFL, or
-    :obj:`None`) and the remaining (backbone) tensors under their checkpoint names."""
-    source: str
-    global_linear: Optional[torch.nn.Module] = None
-    backbone: Dict[str, Tensor] = field(default_factory=dict)
-
-
-def read_checkpoint(obj) -> Dict[str, Tensor]:
-    """A flat state dict from a path or mapping: ``{"state_dict": ...}`` unwrapped, ``module.``
-    prefixes removed. Files are read with ``torch.load(..., weights_only=True)``."""
-    where = "checkpoint"
-    if isinstance(obj, (str, os.PathLike)):
-        path = os.fspath(obj)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:  # torch raises many types for a bad or unsafe file
-            reason = (str(error).strip().splitlines() or [""])[0][:200]
-            raise ValueError(f"{path}: not a readable torch checkpoint (read with "
-                             f"weights_only=True; {type(error).__name__}: {reason})") from None
-        where = path
-        if not isinstance(obj, Mapping):
-            raise ValueError(f"{path}: expected a state dict (a mapping of tensors), "
-                             f"the file holds a {type(obj).__name__}")
-    if not isinstance(obj, Mapping):
-        raise TypeError(f"checkpoint: expected a path or a mapping of tensors, got "
-                        f"{type(obj).__name__}")
-    if isinstance(obj.get("state_dict"), Mapping):
-        obj = obj["state_dict"]
-    state: Dict[str, Tensor] = OrderedDict()
-    for key, value in obj.items():
-        if not isinstance(key, str) or not isinstance(value, Tensor):
-            error = TypeError if where == "checkpoint" else ValueError
-            raise error(f"{where}: expected str keys and tensor values, got "
-                        f"{key!r}: {type(value).__name__}")
-        while key.startswith("module."):
-            key = key[len("module."):]
-        if key in state:
-            raise KeyError(f"{where}: key '{key}' occurs twice (with and without 'module.')")
-        state[key] = value
-    return state
-
-
-def split_checkpoint(state: Mapping[str, Tensor], source: Optional[str] = None
-                     ) -> Tuple[str, Dict[str, Tensor], Dict[str, Tensor], Dict[str, Tensor]]:
-    """``(source, head, global_linear, backbone)`` of a flat state dict: the head's keys
-    (``head.`` removed; a dict without ``head.`` keys is all head), ``source`` detected from them
-    if :obj:`None`, and for a whole-model checkpoint the global linear block's keys (under that
-    source's prefix) and the remaining keys, taken to be the backbone's."""
-    source = check_source(source)
-    if not any(key.startswith(HEAD_PREFIX) for key in state):
-        head, outside = dict(state), {}
-    else:
-        head, outside = {}, {}
-        for key, value in state.items():
-            if key.startswith(HEAD_PREFIX):
-                head[key[len(HEAD_PREFIX):]] = value
-            else:
-                outside[key] = value
-    if source is None:
-        source = detect_source(head)
-    prefix = LAYOUTS[source]["global_linear"] + "."
-    global_linear = {k: v for k, v in outside.items() if k.startswith(prefix)}
-    backbone = {k: v for k, v in outside.items() if not k.startswith(prefix)}
-    return source, head, global_linear, backbone

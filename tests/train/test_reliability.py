@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pyg_mefl.training import load_training_checkpoint
+from pyg_mefl.train import load_training_checkpoint
 
 pytestmark = pytest.mark.slow
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "train_au.py"
 # Small enough to be quick, big enough that an epoch lasts a few seconds to be killed in.
 CONFIG = ["--num-faces", "160", "--batch-size", "8", "--seed", "3"]

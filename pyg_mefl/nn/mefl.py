@@ -7,16 +7,12 @@ from torch import Tensor
 from torch.nn import Linear, Module, Parameter
 from torch_geometric.data import Data
 
-from .aus import OPENGRAPHAU_SUB_SOURCES, check_au_names, default_au_names
-from .blocks import AUFeatureBlocks, LinearBlock
-from .checks import check_edge_index, check_tokens
-from .checkpoint import (LAYOUTS, CheckpointParts, HeadConfig, check_layout, check_source,
-                         global_linear_to_native, global_linear_to_published, log,
-                         published_au_names, read_checkpoint, read_config, split_checkpoint,
-                         to_native, to_published)
+from ..data.aus import OPENGRAPHAU_SUB_SOURCES, check_au_names, default_au_names
+from ..data.graph import complete_au_graph, edge_slots
+from ..utils.checks import check_edge_index, check_tokens
+from .blocks import AUFeatureBlocks
 from .gem import GraphEdgeModel
 from .gnn import GatedGNN
-from .graph import complete_au_graph, edge_slots
 
 
 class MEFLOutput(NamedTuple):
@@ -201,27 +197,8 @@ class MEFL(Module):
         global linear block as a :class:`LinearBlock` to run on the backbone tokens before the
         model, and the backbone tensors (reported in one log line).
         """
-        source = check_source(source)
-        source, head, global_linear, backbone = split_checkpoint(read_checkpoint(checkpoint),
-                                                                 source)
-        config = read_config(head, source)
-        model = cls(config.in_channels, config.num_main_aus, config.num_sub_aus,
-                    config.num_layers, config.residual, config.edge_head,
-                    au_names=published_au_names(source, config))
-        dtype = head[LAYOUTS[source]["afg"].format(a=0) + ".fc.weight"].dtype
-        if dtype.is_floating_point:
-            model.to(dtype)
-        expected = {k: v.shape for k, v in model.state_dict().items()}
-        model.load_state_dict(to_native(head, source, config, expected), strict=True)
-        model.checkpoint = CheckpointParts(source, _global_linear(global_linear, source),
-                                           backbone)
-        if backbone:
-            log.info("MEFL.from_pretrained: %s checkpoint; %d backbone tensors set aside in "
-                     "model.checkpoint.backbone (%s%s)%s", source, len(backbone),
-                     ", ".join(list(backbone)[:3]), ", ..." if len(backbone) > 3 else "",
-                     "; global linear block in model.checkpoint.global_linear"
-                     if global_linear else "")
-        return model
+        from ..pretrained.head import load_mefl  # the loader builds this class: import late
+        return load_mefl(checkpoint, source, cls)
 
     def to_published_state_dict(self, layout: str, whole_model: bool = False) -> dict:
         """The weights under the names of a published ``layout`` (``"mexca"``,
@@ -230,34 +207,11 @@ class MEFL(Module):
         ``self.checkpoint`` (if the model was loaded from a whole-model checkpoint) are added.
         Raises :class:`ValueError` if the layout cannot hold the model (sub AUs in ME-GraphAU,
         an edge head in mexca/OpenGraphAU, a residual variant other than the layout's)."""
-        layout = check_source(layout, "layout")
-        config = HeadConfig(self.in_channels, self.num_main_aus, self.num_sub_aus,
-                            len(self.gnn.layers), self.edge_head is not None, self.residual)
-        check_layout(layout, config)
-        head = to_published(self.state_dict(), layout, config)
-        if not whole_model:
-            return head
-        parts = getattr(self, "checkpoint", None)
-        out = {k: v.detach().clone() for k, v in parts.backbone.items()} if parts else {}
-        if parts and parts.global_linear is not None:
-            out.update(global_linear_to_published(parts.global_linear.state_dict(),
-                                                  LAYOUTS[layout]["global_linear"]))
-        out.update((f"head.{k}", v) for k, v in head.items())
-        return out
+        from ..pretrained.head import mefl_to_published
+        return mefl_to_published(self, layout, whole_model)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, num_main_aus={self.num_main_aus}, "
                 f"num_sub_aus={self.num_sub_aus}, residual={self.residual!r}, "
                 f"edge_head={self.edge_head is not None})")
 
-
-def _global_linear(state: dict, source: str) -> Optional[LinearBlock]:
-    """The published global linear block (``fc``/``bn`` under ``global_linear`` or
-    ``linear_global``) as a :class:`LinearBlock`, loaded strictly."""
-    if not state:
-        return None
-    native = global_linear_to_native(state, LAYOUTS[source]["global_linear"])
-    out_channels, in_channels = native["lin.weight"].shape
-    block = LinearBlock(in_channels, out_channels).to(native["lin.weight"].dtype)
-    block.load_state_dict(native, strict=True)
-    return block

@@ -1,0 +1,11 @@
+"""AU names, face graphs (the complete AU graph, edge slots, relation labels) and data sets of
+face graphs."""
+from .aus import BP4D_AUS, DISFA_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS
+from .datasets import (FaceGraphDataset, ImageListFaceDataset, SyntheticFaceDataset,
+                       TokenFaceDataset, vocabulary_ids)
+from .graph import complete_au_graph, edge_slots, face_graph, relation_labels
+
+__all__ = ["BP4D_AUS", "DISFA_AUS", "FaceGraphDataset", "ImageListFaceDataset",
+           "OPENGRAPHAU_MAIN_AUS", "OPENGRAPHAU_SUB_AUS", "SyntheticFaceDataset",
+           "TokenFaceDataset", "complete_au_graph", "edge_slots", "face_graph", "relation_labels",
+           "vocabulary_ids"]
