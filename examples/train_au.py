@@ -1,7 +1,7 @@
 """Train MEFL to recognise facial action units, out of the box.
 
 Data (one of):
-    (default)                                built-in synthetic faces (pyg_mefl.datasets)
+    (default)                                built-in synthetic faces (pyg_mefl.data.datasets)
     --features FILE.pt                       tokens [M, D, C], labels [M, N] (1/0/-1),
                                              optional split [M] (0/1/2) and au_names
     --data-root DIR --dataset NAME --fold K  images in the ME-GraphAU list layout, through
@@ -30,13 +30,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from pyg_mefl import MEFL  # noqa: E402
-from pyg_mefl.backbones import BACKBONES, build_backbone  # noqa: E402
-from pyg_mefl.datasets import (ImageListFaceDataset, SyntheticFaceDataset,  # noqa: E402
+from pyg_mefl.models.backbones import BACKBONES, build_backbone  # noqa: E402
+from pyg_mefl.data.datasets import (ImageListFaceDataset, SyntheticFaceDataset,  # noqa: E402
                                TokenFaceDataset)
-from pyg_mefl.losses import MEFLLoss, au_class_weights  # noqa: E402
-from pyg_mefl.metrics import AUMetrics  # noqa: E402
-from pyg_mefl.training import (BEST, FaceAUModel, au_relations, evaluate, fit,  # noqa: E402
-                               linear_probe, pooled_tokens)
+from pyg_mefl.train.losses import MEFLLoss, au_class_weights  # noqa: E402
+from pyg_mefl.train.metrics import AUMetrics  # noqa: E402
+from pyg_mefl.models import FaceAUModel  # noqa: E402
+from pyg_mefl.train import au_relations, evaluate, fit, linear_probe, pooled_tokens  # noqa: E402
+from pyg_mefl.train.checkpoints import BEST  # noqa: E402
 
 
 def parse_args(argv=None):
