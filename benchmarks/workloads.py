@@ -1,0 +1,117 @@
+"""Workloads of the benchmark: models and inputs, one step of each mode, FLOP counts.
+
+Shapes: D = ``TOKENS`` tokens, C = ``CHANNELS`` channels, N main AUs and ``sub_aus(N)`` sub
+AUs. ``build`` gives a model of either implementation ("dense": ``tests/dense_reference``;
+"pyg": ``pyg_mefl.MEFL``), with per-face k-nearest-neighbour graphs for ``knn``;
+``gnn_layer_step`` one GatedGNNLayer on a complete, random or CSR-sorted AU graph.
+"""
+TOKENS, CHANNELS = 49, 512
+
+
+def sub_aus(num_aus: int) -> int:
+    return 14 if num_aus == 27 else 0
+
+
+def knn_edge_index(features, k: int):
+    """Per face: each target AU's k most similar AUs (cosine similarity of ``features`` [N, C]),
+    itself included, as sources; edges grouped by target, sources ascending."""
+    import torch
+    import torch.nn.functional as F
+    num = features.size(0)
+    unit = F.normalize(features, dim=-1)
+    sim = unit @ unit.t()
+    sim.fill_diagonal_(float("inf"))  # the self-loop is always kept
+    source = sim.topk(k, dim=1).indices.sort(dim=1).values  # [N, k]
+    target = torch.arange(num).unsqueeze(1).expand(num, k)
+    return torch.stack([source.reshape(-1), target.reshape(-1)])
+
+
+def build(impl: str, num_faces: int, num_aus: int, knn: int = 0, channels: int = CHANNELS,
+          tokens: int = TOKENS, seed: int = 0):
+    """Model and input of one configuration; the input is a tensor, or a Batch for ``knn``."""
+    import torch
+    torch.manual_seed(seed)
+    x = torch.randn(num_faces, tokens, channels)
+    if impl == "dense":
+        from dense_reference import DenseMEFL
+        return DenseMEFL(channels, num_aus, sub_aus(num_aus)), x
+    from pyg_mefl import MEFL, face_graph
+    from torch_geometric.data import Batch
+    model = MEFL(channels, num_aus, sub_aus(num_aus))
+    if not knn:
+        return model, x
+    with torch.no_grad():
+        model.eval()
+        au_id = torch.arange(num_aus).repeat(num_faces)
+        batch = torch.arange(num_faces).repeat_interleave(num_aus)
+        nodes = model.afg(x, au_id, batch).mean(dim=1).view(num_faces, num_aus, -1)
+    graphs = [face_graph(x[b], num_aus, edge_index=knn_edge_index(nodes[b], knn))
+              for b in range(num_faces)]
+    return model, Batch.from_data_list(graphs)
+
+
+def make_step(model, x, mode: str):
+    import torch
+
+    def probs(out):
+        return out["probs"] if isinstance(out, dict) else out
+
+    if mode == "eval":
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                return probs(model(x))
+    else:
+        model.train()
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            p = probs(model(x))
+            loss = -(p.clamp(1e-8, 1.0).log()).mean()  # any scalar of all outputs will do
+            loss.backward()
+            return loss
+    return step
+
+
+def count_flops(step) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
+
+
+def gnn_layer_step(graph: str, faces: int, num: int, mode: str):
+    """One GatedGNNLayer (norm='slot', C = 512) on ``faces`` faces of ``num`` AUs, given as
+    ``uniform`` (complete graphs, edges grouped by target: reshape fast path), ``scatter``
+    (random in-degrees, edges in random order: index-based scatter softmax/aggregation) or
+    ``segment`` (the same random graph sorted by target as a ``torch_geometric.EdgeIndex``: PyG
+    hands a CSR ``ptr`` to the softmax). Returns the step and the number of edges."""
+    import torch
+    from torch_geometric import EdgeIndex
+    from pyg_mefl import GatedGNNLayer, complete_au_graph, edge_slots
+    layer = GatedGNNLayer(CHANNELS, norm="slot", num_node_slots=num, num_edge_slots=num * num)
+    au_id = torch.arange(num).repeat(faces)
+    edge_index = complete_au_graph(num, faces)
+    if graph != "uniform":
+        edge_index = edge_index[:, torch.rand(edge_index.size(1)) < 0.5]  # random in-degrees
+        edge_index = edge_index[:, torch.randperm(edge_index.size(1))]
+    edge_slot = edge_slots(edge_index, au_id, num)
+    if graph == "segment":
+        order = edge_index[1].argsort(stable=True)
+        edge_index, edge_slot = edge_index[:, order], edge_slot[order]
+        edge_index = EdgeIndex(edge_index, sparse_size=(faces * num, faces * num),
+                               sort_order="col")
+    x = torch.randn(faces * num, CHANNELS)
+    edge_attr = torch.randn(edge_index.size(1), CHANNELS, requires_grad=mode == "train")
+    layer.train(mode == "train")
+
+    def step():
+        if mode == "eval":
+            with torch.no_grad():
+                return layer(x, edge_index, edge_attr, au_id, edge_slot)
+        out, edges = layer(x, edge_index, edge_attr, au_id, edge_slot)
+        (out.sum() + edges.sum()).backward()
+
+    return step, int(edge_index.size(1))
