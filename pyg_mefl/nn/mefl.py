@@ -2,17 +2,17 @@
 from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torch.nn import Linear, Module, Parameter
 from torch_geometric.data import Data
 
-from ..data.aus import OPENGRAPHAU_SUB_SOURCES, check_au_names, default_au_names
+from ..data.aus import check_au_names, default_au_names
 from ..data.graph import complete_au_graph, edge_slots
-from ..utils.checks import check_edge_index, check_tokens
+from ..utils.checks import check_edge_index
 from .blocks import AUFeatureBlocks
 from .gem import GraphEdgeModel
 from .gnn import GatedGNN
+from .similarity import face_inputs, similarity_scores, sub_au_index
 
 
 class MEFLOutput(NamedTuple):
@@ -27,11 +27,6 @@ class MEFLOutput(NamedTuple):
     probs: Tensor
     edge_attr: Tensor
     edge_logits: Optional[Tensor]
-
-
-def _cosine(x: Tensor, prototype: Tensor) -> Tensor:
-    # normalise-then-dot, as published: a zero vector scores 0 instead of NaN
-    return (F.normalize(x, dim=-1) * F.normalize(torch.relu(prototype), dim=-1)).sum(dim=-1)
 
 
 class MEFL(Module):
@@ -86,17 +81,8 @@ class MEFL(Module):
         self.num_sub_aus = num_sub_aus
         self.au_names: List[str] = (check_au_names(au_names, num_main_aus + num_sub_aus)
                                     or default_au_names(num_main_aus, num_sub_aus))
-        if sub_au_sources is None:
-            if num_sub_aus not in (0, 14):
-                raise ValueError(f"sub_au_sources: required for num_sub_aus={num_sub_aus} "
-                                 f"(the published mapping covers 14 sub AUs)")
-            sub_au_sources = OPENGRAPHAU_SUB_SOURCES[:num_sub_aus]
-        sub_au_sources = list(sub_au_sources)
-        if len(sub_au_sources) != num_sub_aus or not all(
-                0 <= s < num_main_aus for s in sub_au_sources):
-            raise ValueError(f"sub_au_sources: expected {num_sub_aus} main AU indices in "
-                             f"[0, {num_main_aus}), got {sub_au_sources}")
-        self.register_buffer("sub_au_sources", torch.tensor(sub_au_sources, dtype=torch.long),
+        self.register_buffer("sub_au_sources",
+                             sub_au_index(num_main_aus, num_sub_aus, sub_au_sources),
                              persistent=False)
         self.afg = AUFeatureBlocks(num_main_aus, in_channels, dropout)
         self.gem = GraphEdgeModel(in_channels, num_edge_slots=num_main_aus ** 2)
@@ -130,7 +116,8 @@ class MEFL(Module):
         edge_attr = self.gem(tokens, node_tokens, edge_index, batch, edge_slot)
         node_x, edge_attr = self.gnn(node_tokens.mean(dim=1), edge_index, edge_attr, au_id,
                                      edge_slot)
-        probs = self._similarity_head(node_x, au_id, batch, num_faces)
+        probs = similarity_scores(node_x, au_id, batch, num_faces, self.main_sc, self.sub_sc,
+                                  self.sub_au_sources)
         if not return_edges:
             return probs
         edge_logits = self.edge_head(edge_attr) if self.edge_head is not None else None
@@ -140,41 +127,13 @@ class MEFL(Module):
         return MEFLOutput(probs, edge_attr, edge_logits)
 
     def _graph_inputs(self, x: Union[Tensor, Data]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        tokens, au_id, batch = face_inputs(x, self.in_channels, self.num_main_aus,
+                                           self.check_finite, "MEFL")
         if isinstance(x, Tensor):
-            check_tokens(x, self.in_channels, finite=self.check_finite)
-            num_faces, num_aus = x.size(0), self.num_main_aus
-            au_id = torch.arange(num_aus, device=x.device).repeat(num_faces)
-            batch = torch.arange(num_faces, device=x.device).repeat_interleave(num_aus)
-            return x, au_id, complete_au_graph(num_aus, num_faces, x.device), batch
-        if not isinstance(x, Data) or getattr(x, "tokens", None) is None \
-                or getattr(x, "au_id", None) is None:
-            raise TypeError(f"MEFL: expected a tokens tensor [B, D, C] or a face_graph "
-                            f"Data/Batch (with tokens and au_id), got {type(x).__name__}")
-        check_tokens(x.tokens, self.in_channels, "data.tokens", finite=self.check_finite)
+            return tokens, au_id, complete_au_graph(self.num_main_aus, tokens.size(0),
+                                                    tokens.device), batch
         check_edge_index(x.edge_index, x.num_nodes, "data.edge_index")
-        if x.au_id.shape != (x.num_nodes,) or (x.au_id.numel() and not torch.compiler.is_compiling()
-                                               and int(x.au_id.max()) >= self.num_main_aus):
-            raise ValueError(f"data.au_id: expected {x.num_nodes} AU ids in "
-                             f"[0, {self.num_main_aus}) (num_main_aus)")
-        batch = x.batch if getattr(x, "batch", None) is not None else \
-            torch.zeros(x.num_nodes, dtype=torch.long, device=x.tokens.device)
-        return x.tokens, x.au_id, x.edge_index, batch
-
-    def _similarity_head(self, node_x: Tensor, au_id: Tensor, batch: Tensor,
-                         num_faces: int) -> Tensor:
-        num_aus = self.num_main_aus
-        present = torch.zeros(num_faces * num_aus, dtype=torch.bool, device=node_x.device)
-        present[batch * num_aus + au_id] = True
-        present = present.view(num_faces, num_aus)
-        main = node_x.new_zeros(num_faces * num_aus).index_put(
-            (batch * num_aus + au_id,), _cosine(node_x, self.main_sc[au_id])).view(num_faces, -1)
-        if self.sub_sc is not None:
-            features = node_x.new_zeros(num_faces * num_aus, node_x.size(-1)).index_put(
-                (batch * num_aus + au_id,), node_x).view(num_faces, num_aus, -1)
-            sub = _cosine(features[:, self.sub_au_sources], self.sub_sc)
-            main = torch.cat([main, sub], dim=1)
-            present = torch.cat([present, present[:, self.sub_au_sources]], dim=1)
-        return main.masked_fill(~present, float("nan"))
+        return tokens, au_id, x.edge_index, batch
 
     @classmethod
     def from_pretrained(cls, checkpoint, source: Optional[str] = None) -> "MEFL":

@@ -1,0 +1,86 @@
+"""What the stage-1 (:class:`~pyg_mefl.ANFL`) and stage-2 (:class:`~pyg_mefl.MEFL`) heads share:
+their inputs (tokens or face graphs), the sub-AU mapping and the similarity head (SPEC §6)."""
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch_geometric.data import Data
+
+from ..data.aus import OPENGRAPHAU_SUB_SOURCES
+from ..utils.checks import check_tokens
+
+
+def sub_au_index(num_main_aus: int, num_sub_aus: int,
+                 sub_au_sources: Optional[Sequence[int]]) -> Tensor:
+    """The main AU index that scores each sub AU (default: the published mapping of the 14 sub
+    AUs), checked against the head's sizes."""
+    if sub_au_sources is None:
+        if num_sub_aus not in (0, 14):
+            raise ValueError(f"sub_au_sources: required for num_sub_aus={num_sub_aus} "
+                             f"(the published mapping covers 14 sub AUs)")
+        sub_au_sources = OPENGRAPHAU_SUB_SOURCES[:num_sub_aus]
+    sub_au_sources = list(sub_au_sources)
+    if len(sub_au_sources) != num_sub_aus or not all(
+            0 <= s < num_main_aus for s in sub_au_sources):
+        raise ValueError(f"sub_au_sources: expected {num_sub_aus} main AU indices in "
+                         f"[0, {num_main_aus}), got {sub_au_sources}")
+    return torch.tensor(sub_au_sources, dtype=torch.long)
+
+
+def face_inputs(x: Union[Tensor, Data], in_channels: int, num_main_aus: int,
+                check_finite: bool, owner: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(tokens, au_id, batch)`` of a head's input: tokens ``[B, D, C]`` (every face holds all
+    ``num_main_aus`` AUs, in order) or a :func:`~pyg_mefl.face_graph` ``Data``/``Batch``."""
+    if isinstance(x, Tensor):
+        check_tokens(x, in_channels, finite=check_finite)
+        num_faces = x.size(0)
+        au_id = torch.arange(num_main_aus, device=x.device).repeat(num_faces)
+        batch = torch.arange(num_faces, device=x.device).repeat_interleave(num_main_aus)
+        return x, au_id, batch
+    if not isinstance(x, Data) or getattr(x, "tokens", None) is None \
+            or getattr(x, "au_id", None) is None:
+        raise TypeError(f"{owner}: expected a tokens tensor [B, D, C] or a face_graph "
+                        f"Data/Batch (with tokens and au_id), got {type(x).__name__}")
+    check_tokens(x.tokens, in_channels, "data.tokens", finite=check_finite)
+    if x.au_id.shape != (x.num_nodes,) or (x.au_id.numel() and not torch.compiler.is_compiling()
+                                           and int(x.au_id.max()) >= num_main_aus):
+        raise ValueError(f"data.au_id: expected {x.num_nodes} AU ids in "
+                         f"[0, {num_main_aus}) (num_main_aus)")
+    batch = x.batch if getattr(x, "batch", None) is not None else \
+        torch.zeros(x.num_nodes, dtype=torch.long, device=x.tokens.device)
+    return x.tokens, x.au_id, batch
+
+
+def cosine_to_prototype(x: Tensor, prototype: Tensor) -> Tensor:
+    """``<normalize(x), normalize(ReLU(prototype))>`` over the last dimension, normalise-then-dot
+    as published: a zero vector scores 0 instead of NaN."""
+    return (F.normalize(x, dim=-1) * F.normalize(torch.relu(prototype), dim=-1)).sum(dim=-1)
+
+
+def similarity_scores(node_x: Tensor, au_id: Tensor, batch: Tensor, num_faces: int,
+                      main_sc: Tensor, sub_sc: Optional[Tensor],
+                      sub_au_sources: Tensor) -> Tensor:
+    r"""The similarity head :math:`p_i = \cos(\mathbf{v}_i, \mathrm{ReLU}(\mathbf{s}_{a(i)}))`
+    of every node, placed at ``[face, AU]``, then the sub AUs scored from their main node's
+    features against ``sub_sc``. AUs a face does not hold are NaN.
+
+    Shapes:
+        - **input:** ``node_x`` :math:`(|\mathcal{V}|, C)`, ``au_id`` and ``batch``
+          :math:`(|\mathcal{V}|)`, ``main_sc`` :math:`(N, C)`, ``sub_sc`` :math:`(S, C)`
+        - **output:** :math:`(B, N + S)`
+    """
+    num_aus = main_sc.size(0)
+    slot = batch * num_aus + au_id
+    present = torch.zeros(num_faces * num_aus, dtype=torch.bool, device=node_x.device)
+    present[slot] = True
+    present = present.view(num_faces, num_aus)
+    main = node_x.new_zeros(num_faces * num_aus).index_put(
+        (slot,), cosine_to_prototype(node_x, main_sc[au_id])).view(num_faces, -1)
+    if sub_sc is not None:
+        features = node_x.new_zeros(num_faces * num_aus, node_x.size(-1)).index_put(
+            (slot,), node_x).view(num_faces, num_aus, -1)
+        sub = cosine_to_prototype(features[:, sub_au_sources], sub_sc)
+        main = torch.cat([main, sub], dim=1)
+        present = torch.cat([present, present[:, sub_au_sources]], dim=1)
+    return main.masked_fill(~present, float("nan"))
