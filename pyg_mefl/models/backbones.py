@@ -1,4 +1,5 @@
-"""Backbones that turn face images into the token sets MEFL reads (SPEC §1)."""
+"""Backbones that turn face images into the token sets MEFL reads (SPEC §1, §10): a small CNN,
+and torchvision's ResNets and timm's Swin Transformers behind the published global linear block."""
 from typing import Optional
 
 from torch import Tensor
@@ -6,8 +7,11 @@ from torch.nn import BatchNorm2d, Conv2d, Module, ReLU, Sequential
 from torch.nn.functional import adaptive_avg_pool2d
 
 from ..nn.blocks import LinearBlock
+from ..pretrained.backbone_layouts import (BACKBONE_NAMES, RESNET_BLOCKS, backbone_channels,
+                                           check_backbone_name)
+from ..pretrained.swin import TIMM_NAMES
 
-BACKBONES = ("cnn", "resnet50")
+BACKBONES = ("cnn",) + BACKBONE_NAMES
 
 
 class SmallCNN(Module):
@@ -44,8 +48,7 @@ class SmallCNN(Module):
         self.features = Sequential(*layers)
 
     def forward(self, images: Tensor) -> Tensor:
-        if images.dim() != 4 or images.size(1) != 3:
-            raise ValueError(f"images: expected shape [B, 3, H, W], got {list(images.shape)}")
+        _check_images(images)
         maps = adaptive_avg_pool2d(self.features(images), self.grid)
         return maps.flatten(2).transpose(1, 2)
 
@@ -53,52 +56,153 @@ class SmallCNN(Module):
         return f"{self.__class__.__name__}({self.out_channels}, grid={self.grid})"
 
 
-def _torchvision():
+def _vision(module: str, backbone: str):
     try:
-        import torchvision
+        return __import__(module)
     except ImportError as error:
         raise ModuleNotFoundError(
-            "backbone 'resnet50' needs torchvision, an optional extra of pyg_mefl: "
-            "pip install pyg_mefl[vision]", name="torchvision") from error
-    return torchvision
+            f"backbone {backbone!r} needs {module}, an optional extra of pyg_mefl: "
+            "pip install pyg_mefl[vision]", name=module) from error
 
 
-class ResNet50Tokens(Module):
-    r"""torchvision's ResNet-50 trunk (up to ``layer4``) followed by the published global linear
-    block: a 224x224 face gives a 7x7 map of 2048 channels, read as 49 tokens and mapped to
-    :math:`C` by :class:`LinearBlock` ``(2048, C)`` (SPEC §1). Needs the ``vision`` extra
-    (``pip install pyg_mefl[vision]``).
+def _check_images(images: Tensor) -> None:
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.size(1) != 3:
+        shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"images: expected a tensor of shape [B, 3, H, W], got {shape}")
+
+
+class ResNetTokens(Module):
+    r"""torchvision's ResNet up to ``layer4``, its last map read as tokens: a 224x224 face gives
+    :math:`7 \times 7 = 49` tokens of 2048 channels (512 for ResNet-18/34), as the published
+    MEFARG models read them (SPEC §10). The modules keep torchvision's names, which are the
+    published checkpoints' (``conv1``, ``bn1``, ``layer1`` ... ``layer4``). Needs the ``vision``
+    extra.
 
     Args:
-        out_channels (int): Token width :math:`C`. (default: :obj:`512`)
-        weights (str, optional): torchvision weights of the trunk, e.g. ``"IMAGENET1K_V1"``
-            (downloaded or read from the torch hub cache); :obj:`None` for a random init.
+        name (str): ``"resnet18"``, ``"resnet34"``, ``"resnet50"``, ``"resnet101"`` or
+            ``"resnet152"``. (default: :obj:`"resnet50"`)
+        weights (str, optional): torchvision weights, e.g. ``"IMAGENET1K_V1"`` (downloaded or
+            read from the torch hub cache); :obj:`None` for a random init.
 
     Shapes:
         - **input:** images :math:`(B, 3, H, W)`
-        - **output:** tokens :math:`(B, HW/1024, C)`
+        - **output:** tokens :math:`(B, \lceil H/32 \rceil \lceil W/32 \rceil, C_{backbone})`
+    """
+    _TRUNK = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
+
+    def __init__(self, name: str = "resnet50", weights: Optional[str] = None):
+        super().__init__()
+        if name not in RESNET_BLOCKS:
+            raise ValueError(f"name: expected one of {tuple(RESNET_BLOCKS)}, got {name!r}")
+        resnet = getattr(_vision("torchvision", name).models, name)(weights=weights)
+        for part in self._TRUNK:  # everything but the pool and the classifier
+            self.add_module(part, getattr(resnet, part))
+        self.name = name
+        self.out_channels = backbone_channels(name)
+
+    def forward(self, images: Tensor) -> Tensor:
+        _check_images(images)
+        x = images
+        for part in self._TRUNK:
+            x = getattr(self, part)(x)
+        return x.flatten(2).transpose(1, 2)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.name!r})"
+
+
+class SwinTokens(Module):
+    r"""timm's Swin Transformer (patch 4, window 7, 224 px) without its classifier, the final
+    :math:`7 \times 7` map read as 49 tokens of :math:`8 E` channels (768 for Swin-T/S, 1024 for
+    Swin-B), as the published MEFARG models read them (SPEC §10). The modules keep timm's names
+    (``patch_embed``, ``layers``, ``norm``); :mod:`pyg_mefl.pretrained.swin` maps Microsoft's
+    original checkpoints onto them. Needs the ``vision`` extra.
+
+    Args:
+        name (str): ``"swin_tiny"``, ``"swin_small"`` or ``"swin_base"``.
+            (default: :obj:`"swin_tiny"`)
+        pretrained (bool): Start from timm's ImageNet weights (downloaded or read from the
+            Hugging Face cache). (default: :obj:`False`)
+
+    Shapes:
+        - **input:** images :math:`(B, 3, 224, 224)`
+        - **output:** tokens :math:`(B, 49, C_{backbone})`
+    """
+
+    def __init__(self, name: str = "swin_tiny", pretrained: bool = False):
+        super().__init__()
+        if name not in TIMM_NAMES:
+            raise ValueError(f"name: expected one of {tuple(TIMM_NAMES)}, got {name!r}")
+        swin = _vision("timm", name).create_model(TIMM_NAMES[name], pretrained=pretrained,
+                                                  num_classes=0)
+        # timm's forward_features: patch embedding, stages, final norm (NHWC)
+        self.patch_embed, self.layers, self.norm = swin.patch_embed, swin.layers, swin.norm
+        self.name = name
+        self.out_channels = backbone_channels(name)
+
+    def forward(self, images: Tensor) -> Tensor:
+        _check_images(images)
+        return self.norm(self.layers(self.patch_embed(images))).flatten(1, 2)
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.name!r})"
+
+
+class ImageTokens(Module):
+    r"""A backbone's tokens mapped to the head width :math:`C` by the published global linear
+    block, :math:`\mathrm{LinearBlock}(C_{backbone}, C)` (``global_linear`` / mexca
+    ``linear_global``): the part of a published MEFARG model before its AU head.
+
+    Args:
+        trunk (torch.nn.Module): Images to tokens :math:`(B, D, C_{backbone})`, with an
+            ``out_channels`` attribute, e.g. :class:`ResNetTokens` or :class:`SwinTokens`.
+        out_channels (int): Head width :math:`C`.
+
+    Shapes:
+        - **input:** images :math:`(B, 3, H, W)`
+        - **output:** tokens :math:`(B, D, C)`
+    """
+
+    def __init__(self, trunk: Module, out_channels: int):
+        super().__init__()
+        self.trunk = trunk
+        self.global_linear = LinearBlock(trunk.out_channels, out_channels)
+        self.out_channels = out_channels
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.global_linear(self.trunk(images))
+
+    def __repr__(self) -> str:
+        return f"{self.__class__.__name__}({self.trunk!r}, {self.out_channels})"
+
+
+class ResNet50Tokens(ImageTokens):
+    r""":class:`ImageTokens` of torchvision's ResNet-50 (:class:`ResNetTokens`): a 224x224 face
+    gives 49 tokens of width :math:`C`. Needs the ``vision`` extra.
+
+    Args:
+        out_channels (int): Token width :math:`C`. (default: :obj:`512`)
+        weights (str, optional): torchvision weights of the trunk, e.g. ``"IMAGENET1K_V1"``;
+            :obj:`None` for a random init.
     """
 
     def __init__(self, out_channels: int = 512, weights: Optional[str] = None):
-        super().__init__()
-        resnet = _torchvision().models.resnet50(weights=weights)
-        self.out_channels = out_channels
-        self.trunk = Sequential(*list(resnet.children())[:-2])  # drop the pool and classifier
-        self.global_linear = LinearBlock(2048, out_channels)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return self.global_linear(self.trunk(images).flatten(2).transpose(1, 2))
-
-    def __repr__(self) -> str:
-        return f"{self.__class__.__name__}({self.out_channels})"
+        super().__init__(ResNetTokens("resnet50", weights), out_channels)
 
 
 def build_backbone(name: str, out_channels: int, **kwargs) -> Module:
-    """The backbone called ``name`` (``"cnn"``: :class:`SmallCNN`, ``"resnet50"``:
-    :class:`ResNet50Tokens`) with tokens of width ``out_channels``; ``kwargs`` go to its class."""
+    """The backbone called ``name`` with tokens of width ``out_channels``: ``"cnn"``:
+    :class:`SmallCNN`; a ResNet (``"resnet50"`` ...) or Swin (``"swin_tiny"`` ...):
+    :class:`ImageTokens` of :class:`ResNetTokens` / :class:`SwinTokens`. ``kwargs`` go to the
+    backbone's class (``weights`` for ResNets, ``pretrained`` for Swin)."""
     if name == "cnn":
         return SmallCNN(out_channels, **kwargs)
-    if name == "resnet50":
-        return ResNet50Tokens(out_channels, **kwargs)
-    raise ValueError(f"backbone: expected one of {BACKBONES}, got {name!r}")
+    if name not in BACKBONES:
+        raise ValueError(f"backbone: expected one of {BACKBONES}, got {name!r}")
+    return ImageTokens(build_trunk(name, **kwargs), out_channels)
 
+
+def build_trunk(name: str, **kwargs) -> Module:
+    """:class:`ResNetTokens` or :class:`SwinTokens` called ``name``."""
+    trunk = ResNetTokens if check_backbone_name(name) in RESNET_BLOCKS else SwinTokens
+    return trunk(name, **kwargs)

@@ -1,7 +1,9 @@
-"""MEFL behind an optional image backbone, on batches of face graphs."""
+"""An AU head behind an optional image backbone: trained on batches of face graphs, or a whole
+published model run on face images."""
 import copy
-from typing import Optional
+from typing import List, Optional
 
+import torch
 from torch import Tensor
 from torch.nn import Module
 from torch_geometric.data import Batch
@@ -12,7 +14,8 @@ from ..nn.mefl import MEFL, MEFLOutput
 class FaceAUModel(Module):
     r"""MEFL on face graphs, behind an optional backbone that computes each face's tokens from
     its ``image`` (for :class:`~pyg_mefl.datasets.ImageListFaceDataset`); without a backbone the
-    graphs carry their tokens.
+    graphs carry their tokens. :meth:`from_pretrained` builds a whole published model
+    (backbone, global linear block, head) that :meth:`predict` runs on face images.
 
     Args:
         head (MEFL): The AU head.
@@ -29,6 +32,15 @@ class FaceAUModel(Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.source: Optional[str] = None  # the published source of a loaded model
+        self.stage: Optional[int] = None
+        self.transform = None  # PIL image -> [3, 224, 224], the source's eval preprocessing
+
+    @property
+    def au_names(self) -> List[str]:
+        """The names of the outputs, main then sub AUs (the published order for a loaded
+        model)."""
+        return self.head.au_names
 
     def tokens(self, batch: Batch) -> Tensor:
         """The faces' tokens ``[B, D, C]``: from the backbone, or as the graphs carry them."""
@@ -43,3 +55,64 @@ class FaceAUModel(Module):
             batch = copy.copy(batch)
             batch.tokens = self.tokens(batch)
         return self.head(batch, return_edges=True)
+
+    def predict(self, images: Tensor) -> Tensor:
+        """AU probabilities ``[B, num_outputs]`` in :attr:`au_names` order of images
+        ``[B, 3, H, W]`` (e.g. stacked :attr:`transform` outputs), in eval mode and
+        ``torch.inference_mode``; the model's train/eval mode is restored afterwards."""
+        if self.backbone is None:
+            raise ValueError("predict: the model has no backbone (it reads tokens from face "
+                             "graphs); call the model on a Batch instead")
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.size(1) != 3:
+            shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"images: expected a tensor of shape [B, 3, H, W], got {shape}")
+        parameter = next(self.parameters())
+        training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():
+                return self.head(self.backbone(images.to(parameter.device, parameter.dtype)))
+        finally:
+            self.train(training)
+
+    @classmethod
+    def from_pretrained(cls, path_or_dir, source: Optional[str] = None,
+                        stage: Optional[int] = None, backbone: Optional[str] = None,
+                        **overrides) -> "FaceAUModel":
+        r"""A whole published model (SPEC §10), built and loaded strictly.
+
+        Args:
+            path_or_dir (str, os.PathLike or Mapping): An OpenGraphAU / ME-GraphAU training
+                checkpoint (``{'epoch', 'state_dict', 'optimizer'}``, keys ``backbone.*``,
+                ``global_linear.*``, ``head.*``, ``module.``-prefixed or not; read with
+                ``torch.load(..., weights_only=True)``), a mexca hub directory (``config.json``
+                and ``model.safetensors`` or ``pytorch_model.bin``), a hub id such as
+                ``"mexca/mefarg-open-graph-au-resnet50-stage-2"`` (through ``huggingface_hub``,
+                when installed and online or cached), or a state dict.
+            source (str, optional): ``"mexca"``, ``"opengraphau"`` or ``"me-graphau"``;
+                detected from the keys if :obj:`None`.
+            stage (int, optional): 1 (ANFL head) or 2 (MEFL head); detected if :obj:`None`.
+            backbone (str, optional): ``"resnet18"`` ... ``"resnet152"``, ``"swin_tiny"``,
+                ``"swin_small"``, ``"swin_base"``; detected from the keys and shapes if
+                :obj:`None`.
+            **overrides: Options of the stage-1 head (e.g. ``neighbor_num``).
+
+        The backbone is torchvision's ResNet or timm's Swin (the ``vision`` extra; Microsoft's
+        Swin layout is mapped onto timm's, its stored buffers checked against timm's). Every
+        tensor of the file is used: a missing or unexpected key raises :class:`KeyError`, a
+        wrong shape, a stage, backbone or source other than the one asked for
+        :class:`ValueError`, each naming the file and the keys; a missing file, or a directory
+        without ``config.json`` or weights, :class:`FileNotFoundError`. The model is in train
+        mode like any new module; :attr:`au_names`, :attr:`transform` (the source's eval
+        preprocessing), :attr:`source` and :attr:`stage` describe it.
+        """
+        from .published import load_face_au_model  # builds this class: import late
+        return load_face_au_model(cls, path_or_dir, source, stage, backbone, **overrides)
+
+    def to_published_state_dict(self, layout: str, whole_model: bool = True) -> dict:
+        """The weights under the names of a published ``layout`` (``"mexca"``,
+        ``"opengraphau"``, ``"me-graphau"``) and in its order, as fresh tensors: the whole
+        model (``backbone.*``, the global linear block, ``head.*``; Swin in Microsoft's layout
+        with its buffers) or, without ``whole_model``, the head alone."""
+        from .published import face_au_model_to_published
+        return face_au_model_to_published(self, layout, whole_model)

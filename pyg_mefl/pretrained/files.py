@@ -1,12 +1,17 @@
 """Reading checkpoint files: flat state dicts from paths or mappings, split into head, global
 linear block and backbone."""
+import json
 import os
+import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor
+
+HUB_CONFIG = "config.json"
+HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # PyTorchModelHubMixin, new and old
 
 from .layouts import HEAD_PREFIX, LAYOUTS, check_source, detect_source
 
@@ -23,14 +28,15 @@ class CheckpointParts:
 
 def read_checkpoint(obj) -> Dict[str, Tensor]:
     """A flat state dict from a path or mapping: ``{"state_dict": ...}`` unwrapped, ``module.``
-    prefixes removed. Files are read with ``torch.load(..., weights_only=True)``."""
+    prefixes removed. Files are read with ``torch.load(..., weights_only=True)``, or as
+    safetensors when their name ends in ``.safetensors``."""
     where = "checkpoint"
     if isinstance(obj, (str, os.PathLike)):
         path = os.fspath(obj)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            obj = _load_file(path)
         except Exception as error:  # torch raises many types for a bad or unsafe file
             reason = (str(error).strip().splitlines() or [""])[0][:200]
             raise ValueError(f"{path}: not a readable torch checkpoint (read with "
@@ -80,3 +86,64 @@ def split_checkpoint(state: Mapping[str, Tensor], source: Optional[str] = None
     global_linear = {k: v for k, v in outside.items() if k.startswith(prefix)}
     backbone = {k: v for k, v in outside.items() if not k.startswith(prefix)}
     return source, head, global_linear, backbone
+
+
+def _load_file(path: str):
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file  # the `vision` extra
+        return load_file(path, device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_hub_directory(path: str) -> Tuple[Dict[str, Tensor], dict, str]:
+    """``(state dict, config, weights file)`` of a directory as
+    ``PyTorchModelHubMixin.save_pretrained`` writes it: ``config.json`` and ``model.safetensors``
+    or ``pytorch_model.bin``."""
+    config_path = os.path.join(path, HUB_CONFIG)
+    weights = [os.path.join(path, name) for name in HUB_WEIGHTS
+               if os.path.isfile(os.path.join(path, name))]
+    missing = ([HUB_CONFIG] if not os.path.isfile(config_path) else []) + (
+        [" or ".join(HUB_WEIGHTS)] if not weights else [])
+    if missing:
+        raise FileNotFoundError(f"{path}: a model directory needs {HUB_CONFIG} and one of "
+                                f"{list(HUB_WEIGHTS)}; missing {' and '.join(missing)}")
+    try:
+        with open(config_path) as stream:
+            config = json.load(stream)
+    except ValueError as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error})") from None
+    if isinstance(config, dict) and isinstance(config.get("config"), dict):
+        config = config["config"]  # the mixin's newer form: the init argument `config`
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object, got {type(config).__name__}")
+    return read_checkpoint(weights[0]), config, weights[0]
+
+
+def is_hub_id(name: str) -> bool:
+    """Whether ``name`` reads as a Hugging Face hub id (``owner/name``, no file suffix)."""
+    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not name.startswith(".") \
+        and os.path.splitext(name)[1] not in (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+
+
+def download_hub_model(repo_id: str) -> str:
+    """The local directory of the hub model ``repo_id`` (downloaded or from the cache); a
+    :class:`FileNotFoundError` in one line when it cannot be had (offline, not found)."""
+    try:
+        import huggingface_hub
+    except ImportError:
+        raise FileNotFoundError(f"{repo_id}: not a local file or directory; to read it as a "
+                                f"Hugging Face hub id, pip install huggingface_hub") from None
+    offline = huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get(
+        "HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    try:
+        return huggingface_hub.snapshot_download(
+            repo_id, allow_patterns=[HUB_CONFIG, *HUB_WEIGHTS], local_files_only=offline)
+    except Exception as error:  # the hub raises many types: offline, not found, network
+        if offline:
+            raise FileNotFoundError(f"{repo_id}: not a local file or directory, and the Hugging "
+                                    f"Face hub is offline (HF_HUB_OFFLINE) with no cached copy "
+                                    f"of it") from None
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise FileNotFoundError(f"{repo_id}: not a local file or directory, and not "
+                                f"downloadable from the Hugging Face hub "
+                                f"({type(error).__name__}: {reason})") from None

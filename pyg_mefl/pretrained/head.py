@@ -1,7 +1,9 @@
 """Strict loading and saving of whole published MEFL heads (SPEC §8): the bodies of
 :meth:`pyg_mefl.MEFL.from_pretrained` and :meth:`pyg_mefl.MEFL.to_published_state_dict`."""
 import logging
-from typing import Optional
+from typing import Mapping, Optional
+
+from torch import Tensor
 
 from ..nn.blocks import LinearBlock
 from ..nn.mefl import MEFL
@@ -19,6 +21,21 @@ def load_mefl(checkpoint, source: Optional[str] = None, cls=MEFL) -> MEFL:
     source = check_source(source)
     source, head, global_linear, backbone = split_checkpoint(read_checkpoint(checkpoint),
                                                              source)
+    model = build_mefl(head, source, cls)
+    model.checkpoint = CheckpointParts(source, load_global_linear(global_linear, source),
+                                       backbone)
+    if backbone:
+        log.info("MEFL.from_pretrained: %s checkpoint; %d backbone tensors set aside in "
+                 "model.checkpoint.backbone (%s%s)%s", source, len(backbone),
+                 ", ".join(list(backbone)[:3]), ", ..." if len(backbone) > 3 else "",
+                 "; global linear block in model.checkpoint.global_linear"
+                 if global_linear else "")
+    return model
+
+
+def build_mefl(head: Mapping[str, Tensor], source: str, cls=MEFL) -> MEFL:
+    """A ``cls`` (:class:`~pyg_mefl.MEFL`) sized by and strictly loaded from ``head``, the head's
+    own state dict in the published ``source`` layout (no ``head.`` prefix)."""
     config = read_config(head, source)
     model = cls(config.in_channels, config.num_main_aus, config.num_sub_aus,
                 config.num_layers, config.residual, config.edge_head,
@@ -28,14 +45,6 @@ def load_mefl(checkpoint, source: Optional[str] = None, cls=MEFL) -> MEFL:
         model.to(dtype)
     expected = {k: v.shape for k, v in model.state_dict().items()}
     model.load_state_dict(to_native(head, source, config, expected), strict=True)
-    model.checkpoint = CheckpointParts(source, load_global_linear(global_linear, source),
-                                       backbone)
-    if backbone:
-        log.info("MEFL.from_pretrained: %s checkpoint; %d backbone tensors set aside in "
-                 "model.checkpoint.backbone (%s%s)%s", source, len(backbone),
-                 ", ".join(list(backbone)[:3]), ", ..." if len(backbone) > 3 else "",
-                 "; global linear block in model.checkpoint.global_linear"
-                 if global_linear else "")
     return model
 
 
