@@ -233,10 +233,10 @@ def predict_sources(model, sources: Sequence[Source], writer: CSVWriter, batch_s
     return summary
 
 
-def run(args: argparse.Namespace, stderr: TextIO = sys.stderr) -> int:
+def run(args: argparse.Namespace) -> int:
     """The ``predict`` command; returns the exit status."""
     def report(line: str) -> None:
-        print(line, file=stderr, flush=True)
+        print(line, file=sys.stderr, flush=True)
 
     try:
         device = resolve_device(args.device)
@@ -263,7 +263,7 @@ def run(args: argparse.Namespace, stderr: TextIO = sys.stderr) -> int:
             writer = CSVWriter(stream, model.au_names, any(s.kind == "video" for s in sources))
             summary = predict_sources(model, sources, writer, args.batch_size, device, draw_dir,
                                       args.fps, args.min_size, report,
-                                      progress=not args.quiet and stderr.isatty())
+                                      progress=not args.quiet and sys.stderr.isatty())
     except UsageError as error:
         report(f"pyg_mefl predict: error: {error}")
         return 2

@@ -1,0 +1,200 @@
+"""``python -m pyg_mefl predict`` end to end on a whole-model checkpoint in OpenGraphAU's layout
+(ResNet-18, stage 2, 27 + 14 AUs), against the model composed independently: torchvision's
+ResNet-18 trunk, the dense global linear block and the dense MEFL of ``dense_reference``, fed
+with images preprocessed as SPEC §10 says."""
+import csv
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cli_media import face_like, truncate, write_video
+from dense_reference import DenseLinearBlock, DenseMEFL, to_layout, wrap
+from pyg_mefl.cli import main
+from pyg_mefl.cli.draw import MIN_HEIGHT, describe
+
+torchvision = pytest.importorskip("torchvision")
+ROOT = Path(__file__).resolve().parents[2]
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _randomise_norms(module, generator):
+    for bn in module.modules():
+        if isinstance(bn, torch.nn.modules.batchnorm._BatchNorm):
+            bn.running_mean.normal_(0, 0.1, generator=generator)
+            bn.running_var.uniform_(0.5, 1.5, generator=generator)
+            bn.weight.data.uniform_(0.5, 1.5, generator=generator)
+            bn.bias.data.normal_(0, 0.1, generator=generator)
+
+
+class Reference(torch.nn.Module):
+    """The published whole model, composed from torchvision and the dense reference."""
+
+    def __init__(self):
+        super().__init__()
+        generator = torch.Generator().manual_seed(11)
+        torch.manual_seed(11)
+        self.resnet = torchvision.models.resnet18()
+        self.global_linear = DenseLinearBlock(512, 128)
+        self.head = DenseMEFL(128, 27, 14)
+        _randomise_norms(self, generator)
+        self.eval()
+
+    def forward(self, images):
+        r = self.resnet
+        maps = r.layer4(r.layer3(r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(images))))))))
+        return self.head(self.global_linear(maps.flatten(2).transpose(1, 2)))["probs"]
+
+    def checkpoint(self) -> dict:
+        """The file OpenGraphAU's training script writes (DataParallel ``module.`` keys)."""
+        backbone = {f"backbone.{k}": v for k, v in self.resnet.state_dict().items()
+                    if not k.startswith("fc.")}
+        state = to_layout(self.head.state_dict(), "opengraphau", whole_model=True,
+                          global_linear=self.global_linear.state_dict(), backbone=backbone)
+        return {"epoch": 7, **wrap(state, state_dict_wrapper=True, module_prefix=True),
+                "optimizer": {}}
+
+
+def preprocess(image: Image.Image) -> torch.Tensor:
+    """SPEC §10: Resize(256) on the shorter side (bilinear), CenterCrop(224), ToTensor,
+    ImageNet Normalize."""
+    width, height = image.size
+    size = (256, int(256 * height / width)) if width <= height else (int(256 * width / height), 256)
+    resized = image.resize(size, Image.BILINEAR)
+    left, top = round((size[0] - 224) / 2.0), round((size[1] - 224) / 2.0)
+    crop = np.asarray(resized.crop((left, top, left + 224, top + 224)), dtype=np.float32) / 255
+    pixels = (torch.from_numpy(crop) - torch.tensor(MEAN)) / torch.tensor(STD)
+    return pixels.permute(2, 0, 1)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    reference = Reference()
+    path = tmp_path_factory.mktemp("model") / "OpenGraphAU-ResNet18_second_stage.pth"
+    torch.save(reference.checkpoint(), path)
+    return path, reference
+
+
+def _read_csv(path_or_text):
+    text = Path(path_or_text).read_text() if isinstance(path_or_text, Path) else path_or_text
+    rows = list(csv.reader(io.StringIO(text)))
+    return rows[0], rows[1:]
+
+
+def _faces(folder: Path):
+    folder.mkdir(parents=True)
+    face_like(0, (80, 90)).save(folder / "a.jpg")
+    face_like(1, (300, 201)).save(folder / "b.png")
+    face_like(2, (64, 64)).convert("L").save(folder / "c_gray.png")
+    face_like(3, (96, 70)).convert("RGBA").save(folder / "d_rgba.png")
+    return folder
+
+
+def test_csv_equals_the_reference_model_on_images_and_video_frames(tmp_path, model_file):
+    checkpoint, reference = model_file
+    faces = _faces(tmp_path / "faces")
+    video = write_video(tmp_path / "clip.mp4", num_frames=7, rate=10, size=(72, 56))
+    out = tmp_path / "preds.csv"
+    status = main(["predict", "--checkpoint", str(checkpoint), "--out", str(out),
+                   "--batch-size", "3", "--fps", "4", "--quiet", str(faces), str(video)])
+    assert status == 0
+    header, rows = _read_csv(out)
+    from pyg_mefl.data.aus import OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS
+    assert header == ["image", "frame", "time"] + list(OPENGRAPHAU_MAIN_AUS + OPENGRAPHAU_SUB_AUS)
+    names = sorted(p.name for p in faces.iterdir())
+    assert [r[0] for r in rows] == [str(faces / n) for n in names] + [str(video)] * 3
+    assert [r[1:3] for r in rows[4:]] == [["0", "0.000"], ["3", "0.300"], ["5", "0.500"]]
+    images = [Image.open(faces / n).convert("RGB") for n in names]
+    import av
+    with av.open(str(video)) as container:
+        frames = [f.to_image() for f in container.decode(video=0)]
+    images += [frames[0], frames[3], frames[5]]
+    with torch.no_grad():
+        expected = reference(torch.stack([preprocess(image) for image in images]))
+    got = torch.tensor([[float(v) for v in r[3:]] for r in rows])
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+    assert float(expected.std()) > 1e-3  # the faces differ: the comparison can fail
+
+
+def test_bad_inputs_are_listed_and_the_good_ones_still_written(tmp_path, model_file, capsys):
+    checkpoint, reference = model_file
+    faces = _faces(tmp_path / "faces")
+    truncate(faces / "b.png", faces / "b_cut.png", keep=0.6)
+    (faces / "e_text.jpg").write_text("not an image")
+    face_like(4, (12, 40)).save(faces / "f_tiny.png")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "blank.mp4").write_bytes(b"\0" * 2048)
+    out = tmp_path / "preds.csv"
+    status = main(["predict", "--checkpoint", str(checkpoint), "--out", str(out), "--quiet",
+                   str(faces), str(tmp_path / "empty"), str(tmp_path / "blank.mp4"),
+                   str(tmp_path / "missing.png")])
+    assert status == 1
+    header, rows = _read_csv(out)
+    good = ["a.jpg", "b.png", "c_gray.png", "d_rgba.png"]
+    assert [r[0] for r in rows] == [str(faces / n) for n in good]
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    summary = err.split("6 input(s) failed:\n")[1].splitlines()
+    bad = {faces / "b_cut.png": "cannot decode image", faces / "e_text.jpg": "not an image",
+           faces / "f_tiny.png": "image is 12x40 px", tmp_path / "empty": "folder has no image",
+           tmp_path / "blank.mp4": "cannot open video",
+           tmp_path / "missing.png": "no such file or folder"}
+    assert len(summary) == len(bad)
+    for path, reason in bad.items():
+        assert sum(line.startswith(f"  {path}: {reason}") for line in summary) == 1, (path, err)
+    with torch.no_grad():
+        expected = reference(torch.stack([preprocess(Image.open(faces / n).convert("RGB"))
+                                          for n in good]))
+    assert header[1:3] == ["frame", "time"] and all(r[1:3] == ["", ""] for r in rows)
+    got = torch.tensor([[float(v) for v in r[3:]] for r in rows])
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+
+
+def test_draw_writes_each_face_with_its_active_aus(tmp_path, model_file):
+    checkpoint, _ = model_file
+    faces = _faces(tmp_path / "faces")
+    status = main(["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "p.csv"),
+                   "--draw", str(tmp_path / "drawn"), "--quiet", str(faces / "a.jpg"),
+                   str(faces / "b.png")])
+    assert status == 0
+    _, rows = _read_csv(tmp_path / "p.csv")
+    for name, row in zip(("a", "b"), rows):
+        drawn = Image.open(tmp_path / "drawn" / f"{name}.jpg")
+        original = Image.open(faces / f"{name}{'.jpg' if name == 'a' else '.png'}")
+        scale = max(1.0, MIN_HEIGHT / original.height)
+        assert drawn.height == max(MIN_HEIGHT, original.height)
+        assert drawn.width > round(original.width * scale)  # the panel on the right
+        left = np.asarray(drawn.crop((0, 0, round(original.width * scale), drawn.height)), float)
+        expected = np.asarray(original.convert("RGB").resize(
+            (round(original.width * scale), drawn.height), Image.BILINEAR), float)
+        assert np.abs(left - expected).mean() < 6  # the face itself, JPEG-compressed
+        assert any(float(p) >= 0.5 for p in row[1:])  # something to list in the panel
+    assert describe("AU12") == "AU12 lip corner puller"
+    assert describe("AUL12") == "AUL12 left lip corner puller"
+    assert describe("AU#3") == "AU#3"
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "pyg_mefl", "predict", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+
+
+def test_exit_status_and_one_line_errors_from_a_fresh_process(tmp_path, model_file):
+    checkpoint, _ = model_file
+    faces = _faces(tmp_path / "faces")
+    run = _run("--checkpoint", checkpoint, "--out", "-", faces / "a.jpg")
+    assert run.returncode == 0, run.stderr
+    header, rows = _read_csv(run.stdout)
+    assert header[0] == "image" and len(header) == 1 + 41 and len(rows) == 1
+    # a checkpoint of another architecture than the one forced: nothing runs, one line
+    run = _run("--checkpoint", checkpoint, "--backbone", "resnet50", "--out",
+               tmp_path / "x.csv", faces / "a.jpg")
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pyg_mefl predict: error: {checkpoint}")
+    assert "resnet50" in lines[0] and "resnet18" in lines[0]
