@@ -11,7 +11,10 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..nn.anfl import ANFL
 from ..nn.mefl import MEFL
+from ..pretrained.anfl import (anfl_head_to_published, detect_anfl_source, detect_stage,
+                               load_anfl_head)
 from ..pretrained.backbone_layouts import (BACKBONE_PREFIX, backbone_to_native,
                                            backbone_to_published, check_backbone_name,
                                            detect_backbone)
@@ -23,7 +26,7 @@ from ..pretrained.rename import global_linear_to_published
 from .backbones import ImageTokens, build_trunk
 from .preprocessing import published_transform
 
-STAGES = (1, 2)  # 1: the ANFL head, 2: the MEFL head
+STAGES = {"anfl": 1, "mefl": 2}  # the published stage of each head
 _GEM = "edge_extractor."  # only stage-2 heads have the graph edge model
 
 
@@ -78,20 +81,14 @@ def split_whole_model(state: Mapping[str, Tensor]
     return head, rest, backbone
 
 
-def detect_stage(head: Mapping[str, Tensor]) -> int:
-    """1 or 2: whether a head's keys are those of ANFL (stage 1) or MEFL (stage 2)."""
-    return 2 if any(key.startswith(_GEM) for key in head) else 1
-
-
 def _check_stage(stage: Optional[int], head: Mapping[str, Tensor]) -> int:
-    found = detect_stage(head)
+    found = STAGES[detect_stage(head)]
     if stage is None:
         return found
-    if stage not in STAGES:
-        raise ValueError(f"stage: expected one of {STAGES} or None, got {stage!r}")
+    if stage not in STAGES.values():
+        raise ValueError(f"stage: expected 1, 2 or None, got {stage!r}")
     if stage != found:
-        evidence = (f"keys '{HEAD_PREFIX}{_GEM}*', e.g. "
-                    f"'{HEAD_PREFIX}{next(k for k in head if k.startswith(_GEM))}'"
+        evidence = (f"keys such as '{HEAD_PREFIX}{next(k for k in head if k.startswith(_GEM))}'"
                     if found == 2 else f"no '{HEAD_PREFIX}{_GEM}*' keys")
         raise ValueError(f"stage={stage} was asked for, but the file holds a stage-{found} "
                          f"({'MEFL' if found == 2 else 'ANFL'}) head ({evidence}); pass "
@@ -101,9 +98,11 @@ def _check_stage(stage: Optional[int], head: Mapping[str, Tensor]) -> int:
 
 def _load_head(head: Mapping[str, Tensor], source: Optional[str], stage: int, overrides):
     if stage == 1:
-        raise ValueError("a stage-1 (ANFL) head: whole stage-1 models are not loadable yet")
+        source = source or detect_anfl_source(head)
+        return load_anfl_head(head, source, **overrides), source
     if overrides:
-        raise TypeError(f"unexpected option(s) {sorted(overrides)} for a stage-2 (MEFL) head")
+        raise TypeError(f"unexpected option(s) {sorted(overrides)}: a stage-2 (MEFL) head "
+                        f"takes none")
     source = source or detect_source(head)
     return build_mefl(head, source), source
 
@@ -163,10 +162,13 @@ def face_au_model_to_published(model, layout: str, whole_model: bool = True) -> 
     """``model``'s weights under the names of a published ``layout``; see
     :meth:`FaceAUModel.to_published_state_dict`."""
     layout = check_source(layout, "layout")
-    if not isinstance(model.head, MEFL):
+    if isinstance(model.head, MEFL):
+        head = mefl_to_published(model.head, layout)
+    elif isinstance(model.head, ANFL):
+        head = anfl_head_to_published(model.head, layout)
+    else:
         raise ValueError(f"to_published_state_dict: no published layout for a "
                          f"{type(model.head).__name__} head")
-    head = mefl_to_published(model.head, layout)
     if not whole_model:
         return head
     encoder = model.backbone
