@@ -1,12 +1,16 @@
 """The layers: cross-attention, per-slot norm, linear blocks, the graph edge model, the gated
-GNN and the MEFL head, with the fused per-edge kernels they use (:mod:`.ops`)."""
+GNN and the MEFL head, the facial kNN graph and the stage-1 ANFL head, with the fused per-edge
+kernels they use (:mod:`.ops`)."""
+from .anfl import ANFL, ANFLLayer
 from .attention import CrossAttention
 from .blocks import AUFeatureBlocks, LinearBlock
+from .facial_graph import au_knn_graph
 from .gem import GraphEdgeModel
 from .gnn import GatedGNN, GatedGNNLayer
 from .mefl import MEFL, MEFLOutput
 from .norm import SlotBatchNorm
 from .ops import gather_matmul
 
-__all__ = ["AUFeatureBlocks", "CrossAttention", "GatedGNN", "GatedGNNLayer", "GraphEdgeModel",
-           "LinearBlock", "MEFL", "MEFLOutput", "SlotBatchNorm", "gather_matmul"]
+__all__ = ["ANFL", "ANFLLayer", "AUFeatureBlocks", "CrossAttention", "GatedGNN", "GatedGNNLayer",
+           "GraphEdgeModel", "LinearBlock", "MEFL", "MEFLOutput", "SlotBatchNorm", "au_knn_graph",
+           "gather_matmul"]

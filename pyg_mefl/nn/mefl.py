@@ -1,18 +1,17 @@
 """MEFL: AFG, GEM and the gated GNN with the similarity heads (SPEC §2-6)."""
-from typing import List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
-from torch.nn import Linear, Module, Parameter
+from torch.nn import Linear, Module
 from torch_geometric.data import Data
 
-from ..data.aus import check_au_names, default_au_names
 from ..data.graph import complete_au_graph, edge_slots
 from ..utils.checks import check_edge_index
 from .blocks import AUFeatureBlocks
 from .gem import GraphEdgeModel
 from .gnn import GatedGNN
-from .similarity import face_inputs, similarity_scores, sub_au_index
+from .similarity import face_inputs, init_au_head, similarity_scores
 
 
 class MEFLOutput(NamedTuple):
@@ -72,24 +71,12 @@ class MEFL(Module):
                  check_finite: bool = True):
         super().__init__()
         self.check_finite = check_finite
-        for name, value, low in (("in_channels", in_channels, 2), ("num_main_aus", num_main_aus, 1),
-                                 ("num_sub_aus", num_sub_aus, 0), ("num_layers", num_layers, 1)):
-            if not isinstance(value, int) or value < low:
-                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
-        self.in_channels = in_channels
-        self.num_main_aus = num_main_aus
-        self.num_sub_aus = num_sub_aus
-        self.au_names: List[str] = (check_au_names(au_names, num_main_aus + num_sub_aus)
-                                    or default_au_names(num_main_aus, num_sub_aus))
-        self.register_buffer("sub_au_sources",
-                             sub_au_index(num_main_aus, num_sub_aus, sub_au_sources),
-                             persistent=False)
+        init_au_head(self, in_channels, num_main_aus, num_sub_aus, au_names, sub_au_sources,
+                     num_layers=(num_layers, 1))
         self.afg = AUFeatureBlocks(num_main_aus, in_channels, dropout)
         self.gem = GraphEdgeModel(in_channels, num_edge_slots=num_main_aus ** 2)
         self.gnn = GatedGNN(in_channels, num_layers, norm="slot", num_node_slots=num_main_aus,
                             num_edge_slots=num_main_aus ** 2, residual=residual)
-        self.main_sc = Parameter(torch.empty(num_main_aus, in_channels))
-        self.sub_sc = Parameter(torch.empty(num_sub_aus, in_channels)) if num_sub_aus else None
         self.edge_head = Linear(in_channels, 4) if edge_head else None
         self.reset_parameters()
 

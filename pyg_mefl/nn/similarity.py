@@ -5,10 +5,34 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn import Module, Parameter
 from torch_geometric.data import Data
 
-from ..data.aus import OPENGRAPHAU_SUB_SOURCES
+from ..data.aus import OPENGRAPHAU_SUB_SOURCES, check_au_names, default_au_names
 from ..utils.checks import check_tokens
+
+
+def init_au_head(head: Module, in_channels: int, num_main_aus: int, num_sub_aus: int,
+                 au_names: Optional[Sequence[str]], sub_au_sources: Optional[Sequence[int]],
+                 **other_sizes: Tuple[int, int]) -> None:
+    """Check a head's sizes (``other_sizes``: name to ``(value, minimum)``) and give it what
+    its AU outputs need: ``in_channels``, ``num_main_aus``, ``num_sub_aus``, ``au_names``, the
+    ``sub_au_sources`` buffer and the (uninitialised) prototypes ``main_sc``, ``sub_sc``."""
+    sizes = dict(in_channels=(in_channels, 2), num_main_aus=(num_main_aus, 1),
+                 num_sub_aus=(num_sub_aus, 0), **other_sizes)
+    for name, (value, low) in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+    head.in_channels = in_channels
+    head.num_main_aus = num_main_aus
+    head.num_sub_aus = num_sub_aus
+    head.au_names = (check_au_names(au_names, num_main_aus + num_sub_aus)
+                     or default_au_names(num_main_aus, num_sub_aus))
+    head.register_buffer("sub_au_sources",
+                         sub_au_index(num_main_aus, num_sub_aus, sub_au_sources),
+                         persistent=False)
+    head.main_sc = Parameter(torch.empty(num_main_aus, in_channels))
+    head.sub_sc = Parameter(torch.empty(num_sub_aus, in_channels)) if num_sub_aus else None
 
 
 def sub_au_index(num_main_aus: int, num_sub_aus: int,
@@ -43,8 +67,9 @@ def face_inputs(x: Union[Tensor, Data], in_channels: int, num_main_aus: int,
         raise TypeError(f"{owner}: expected a tokens tensor [B, D, C] or a face_graph "
                         f"Data/Batch (with tokens and au_id), got {type(x).__name__}")
     check_tokens(x.tokens, in_channels, "data.tokens", finite=check_finite)
-    if x.au_id.shape != (x.num_nodes,) or (x.au_id.numel() and not torch.compiler.is_compiling()
-                                           and int(x.au_id.max()) >= num_main_aus):
+    # (eager only: Batch.num_nodes and the max are host reads that torch.compile cannot trace)
+    if not torch.compiler.is_compiling() and (x.au_id.shape != (x.num_nodes,) or (
+            x.au_id.numel() and int(x.au_id.max()) >= num_main_aus)):
         raise ValueError(f"data.au_id: expected {x.num_nodes} AU ids in "
                          f"[0, {num_main_aus}) (num_main_aus)")
     batch = x.batch if getattr(x, "batch", None) is not None else \

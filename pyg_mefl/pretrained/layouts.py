@@ -92,10 +92,7 @@ def head_rules(source: str, config: HeadConfig) -> List[Rule]:
     rules: List[Rule] = [("main_sc", lay["main_sc"], SAME)]  # the head's own parameters first
     if config.num_sub_aus:
         rules.append(("sub_sc", lay["sub_sc"], SAME))
-    afg = [lay["afg"].format(a=a) for a in range(config.num_main_aus)]
-    rules += [(f"afg.{f}", [f"{p}.fc.{f}" for p in afg], STACK) for f in _LINEAR]
-    rules += [(f"afg.norm.{f}", [f"{p}.bn.{f}" for p in afg], STACK)
-              for f in _BN_STATS + (_COUNTER,)]
+    rules += afg_rules(lay["afg"], config.num_main_aus)
     for part in ("fam", "arm"):
         rules += [(f"gem.{part}.lin_{p}.{f}", f"{lay[part]}.linear_{p}.{f}", SAME)
                   for p in "qkv" for f in _LINEAR]
@@ -120,6 +117,15 @@ def head_rules(source: str, config: HeadConfig) -> List[Rule]:
     return rules
 
 
+def afg_rules(afg: str, num_aus: int) -> List[Rule]:
+    """The rules of :class:`~pyg_mefl.nn.AUFeatureBlocks` (``afg.*``, stacked) from the published
+    module list of :class:`LinearBlock` at the template ``afg`` (``{a}`` the AU)."""
+    blocks = [afg.format(a=a) for a in range(num_aus)]
+    return ([(f"afg.{f}", [f"{p}.fc.{f}" for p in blocks], STACK) for f in _LINEAR]
+            + [(f"afg.norm.{f}", [f"{p}.bn.{f}" for p in blocks], STACK)
+               for f in _BN_STATS + (_COUNTER,)])
+
+
 def _bn_rules(native: str, published: str) -> List[Rule]:
     rules: List[Rule] = [(f"{native}.{f}", f"{published}.{f}", SAME) for f in _BN_STATS]
     # one published counter for all slots of a BatchNorm1d(N) / BatchNorm2d(N*N)
@@ -127,51 +133,65 @@ def _bn_rules(native: str, published: str) -> List[Rule]:
     return rules
 
 
-def _afg_pattern(source: str) -> "re.Pattern":
-    return re.compile(re.escape(LAYOUTS[source]["afg"]).replace(r"\{a\}", r"(\d+)") + r"\.")
+def _afg_pattern(afg: str) -> "re.Pattern":
+    return re.compile(re.escape(afg).replace(r"\{a\}", r"(\d+)") + r"\.")
 
 
-def detect_source(head: Mapping[str, Tensor]) -> str:
-    """Which published layout a head state dict uses, from its AU-block key names."""
-    found = [s for s in SOURCES if any(map(_afg_pattern(s).match, head))]
+def detect_source(head: Mapping[str, Tensor], layouts: Mapping[str, Mapping] = LAYOUTS,
+                  what: str = "checkpoint layout") -> str:
+    """Which of the published ``layouts`` a head state dict (or its keys) uses, from its
+    AU-block key names."""
+    found = [s for s in SOURCES if any(map(_afg_pattern(layouts[s]["afg"]).match, head))]
     if len(found) == 1:
         return found[0]
-    markers = [LAYOUTS[s]["afg"].format(a="<i>") for s in SOURCES]
+    markers = [layouts[s]["afg"].format(a="<i>") for s in SOURCES]
     if not found:
-        raise KeyError(f"cannot tell the checkpoint layout: no key starts with any of {markers} "
+        raise KeyError(f"cannot tell the {what}: no key starts with any of {markers} "
                        f"(first keys: {list(head)[:5]}); pass source= explicitly")
-    raise KeyError(f"cannot tell the checkpoint layout: it has AU blocks of several layouts "
+    raise KeyError(f"cannot tell the {what}: it has AU blocks of several layouts "
                    f"{found}; pass source= explicitly")
 
 
 def read_config(head: Mapping[str, Tensor], source: str) -> HeadConfig:
     """Sizes of the head stored in ``head`` (published keys of ``source``)."""
     lay = LAYOUTS[source]
-    first = lay["afg"].format(a=0) + ".fc.weight"
+    in_channels, num_main = count_au_blocks(head, lay["afg"], f"{source} checkpoint")
+    num_sub = 0
+    if "sub_aus" in lay["holds"]:
+        num_sub = count_sub_aus(head, lay["sub_sc"], len(lay["sub_au_names"]),
+                                f"{source} checkpoint")
+    return HeadConfig(in_channels=in_channels, num_main_aus=num_main,
+                      num_sub_aus=num_sub, num_layers=lay["num_layers"],
+                      edge_head="edge_head" in lay["holds"], residual=lay["residual"])
+
+
+def count_au_blocks(head: Mapping[str, Tensor], afg: str, where: str) -> Tuple[int, int]:
+    """``(in_channels, number of AU blocks)`` of the AFG stored at the template ``afg``
+    (``{a}`` the AU), checking that the blocks run from 0 without a gap."""
+    first = afg.format(a=0) + ".fc.weight"
     if first not in head:
-        raise KeyError(f"missing key '{first}' (the first AU block of a {source} checkpoint)")
+        raise KeyError(f"missing key '{first}' (the first AU block of a {where})")
     if head[first].dim() != 2:
         raise ValueError(f"key '{first}': expected a 2-D weight [C, C], "
                          f"got shape {list(head[first].shape)}")
-    blocks = {int(m.group(1)) for m in map(_afg_pattern(source).match, head) if m}
+    blocks = {int(m.group(1)) for m in map(_afg_pattern(afg).match, head) if m}
     num_main = next(a for a in range(len(blocks) + 1) if a not in blocks)
     if num_main != len(blocks):  # checked before a model of that size is built
-        raise KeyError(f"missing key '{lay['afg'].format(a=num_main)}.fc.weight' in the {source} "
-                       f"checkpoint (AU blocks up to {max(blocks)} are present)")
-    num_sub = 0
-    if "sub_aus" in lay["holds"]:  # the number of sub AUs is the number of rows of sub_sc
-        sub_key = lay["sub_sc"]
-        if sub_key not in head:
-            raise KeyError(f"missing key '{sub_key}' in the {source} checkpoint (the sub AU "
-                           f"prototypes)")
-        num_published = len(lay["sub_au_names"])
-        if head[sub_key].dim() != 2 or head[sub_key].shape[0] != num_published:
-            raise ValueError(f"key '{sub_key}' in the {source} checkpoint: expected shape "
-                             f"[{num_published}, C], got {list(head[sub_key].shape)}")
-        num_sub = head[sub_key].shape[0]
-    return HeadConfig(in_channels=head[first].shape[1], num_main_aus=num_main,
-                      num_sub_aus=num_sub, num_layers=lay["num_layers"],
-                      edge_head="edge_head" in lay["holds"], residual=lay["residual"])
+        raise KeyError(f"missing key '{afg.format(a=num_main)}.fc.weight' in the {where} "
+                       f"(AU blocks up to {max(blocks)} are present)")
+    return head[first].shape[1], num_main
+
+
+def count_sub_aus(head: Mapping[str, Tensor], sub_key: str, num_published: int,
+                  where: str) -> int:
+    """The number of sub AUs: the rows of the prototypes ``sub_key``, which a layout with sub
+    AUs always holds, for its ``num_published`` of them."""
+    if sub_key not in head:
+        raise KeyError(f"missing key '{sub_key}' in the {where} (the sub AU prototypes)")
+    if head[sub_key].dim() != 2 or head[sub_key].shape[0] != num_published:
+        raise ValueError(f"key '{sub_key}' in the {where}: expected shape "
+                         f"[{num_published}, C], got {list(head[sub_key].shape)}")
+    return head[sub_key].shape[0]
 
 
 def check_layout(source: str, config: HeadConfig) -> None:
