@@ -40,12 +40,6 @@ def backbone_channels(name: str) -> int:
     return 2048 if RESNET_BLOCKS[name][0] else 512
 
 
-def head_channels(name: str) -> int:
-    """The published head width :math:`C` behind backbone ``name``: :math:`C_{backbone}/4` for
-    ResNets, :math:`C_{backbone}/2` for Swin."""
-    return backbone_channels(name) // (2 if name in SWIN_SIZES else 4)
-
-
 def _count(state: Mapping[str, Tensor], pattern: str) -> int:
     found = {m.group(1) for m in map(re.compile(pattern).match, state) if m}
     return len(found)
