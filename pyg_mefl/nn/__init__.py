@@ -10,7 +10,8 @@ from .gnn import GatedGNN, GatedGNNLayer
 from .mefl import MEFL, MEFLOutput
 from .norm import SlotBatchNorm
 from .ops import gather_matmul
+from .sync_norm import SyncedBatchNorm
 
 __all__ = ["ANFL", "ANFLLayer", "AUFeatureBlocks", "CrossAttention", "GatedGNN", "GatedGNNLayer",
-           "GraphEdgeModel", "LinearBlock", "MEFL", "MEFLOutput", "SlotBatchNorm", "au_knn_graph",
-           "gather_matmul"]
+           "GraphEdgeModel", "LinearBlock", "MEFL", "MEFLOutput", "SlotBatchNorm",
+           "SyncedBatchNorm", "au_knn_graph", "gather_matmul"]

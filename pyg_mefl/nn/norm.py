@@ -6,6 +6,8 @@ from torch import Tensor
 from torch.nn import Module, Parameter
 from torch_geometric.utils import scatter
 
+from .sync_norm import gather_moments, is_syncing
+
 Moments = Tuple[Tensor, Tensor, int]
 
 
@@ -37,6 +39,10 @@ class SlotBatchNorm(Module):
         affine (bool): Learn :math:`\gamma, \beta`. (default: :obj:`True`)
         track_running_stats (bool): Keep running statistics for evaluation.
             (default: :obj:`True`)
+        process_group (optional): Share the training statistics of each slot with the
+            processes of this ``torch.distributed`` group, as :class:`torch.nn.SyncBatchNorm`
+            does (one collective per step; :func:`~pyg_mefl.train.synchronise_norms` sets it
+            under DDP). :obj:`None`: this process's batch only. (default: :obj:`None`)
 
     Shapes:
         - **input:** ``x`` :math:`(M, *)`, ``slot`` :math:`(M)` with values in
@@ -46,9 +52,10 @@ class SlotBatchNorm(Module):
 
     def __init__(self, num_slots: int, num_channels: Optional[int] = None, eps: float = 1e-5,
                  momentum: Optional[float] = 0.1, affine: bool = True,
-                 track_running_stats: bool = True):
+                 track_running_stats: bool = True, process_group=None):
         super().__init__()
         self.num_slots = num_slots
+        self.process_group = process_group
         self.num_channels = num_channels
         self.eps = eps
         self.momentum = momentum
@@ -127,9 +134,13 @@ class SlotBatchNorm(Module):
         mean = scatter(row_mean, slot, 0, self.num_slots, "sum") / rows.clamp(min=1)
         deviation = (row_mean - mean[slot]).square() * row_count
         count = rows * row_count
-        var = scatter(row_m2 + deviation, slot, 0, self.num_slots, "sum") / count.clamp(min=1)
+        m2 = scatter(row_m2 + deviation, slot, 0, self.num_slots, "sum")
+        if self.training and is_syncing(self.process_group):  # every process's batch
+            count, mean, m2 = gather_moments(count.flatten(), mean, m2, self.process_group)
+            count = count.view(rows.shape)
+        var = m2 / count.clamp(min=1)
         if self.training and self.track_running_stats:
-            self._update_running_stats(mean.detach(), var.detach(), count, rows.flatten() > 0)
+            self._update_running_stats(mean.detach(), var.detach(), count, count.flatten() > 0)
         return mean, var
 
     @torch.no_grad()
