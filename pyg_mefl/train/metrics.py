@@ -1,5 +1,5 @@
 """Streaming AU metrics (SPEC §7): per-AU F1 at a threshold, their mean, and accuracy."""
-from typing import Dict
+from typing import Dict, Union
 
 import torch
 from torch import Tensor
@@ -19,7 +19,9 @@ class AUMetrics:
 
     Args:
         num_aus (int): Number of AU columns :math:`A`.
-        threshold (float): Decision threshold. (default: :obj:`0.5`)
+        threshold (float or torch.Tensor): Decision threshold, one for all AUs or one per AU
+            (:math:`(A)`, e.g. from :func:`~pyg_mefl.train.calibrate_thresholds`).
+            (default: :obj:`0.5`)
 
     Example:
         >>> metrics = AUMetrics(12)
@@ -28,10 +30,13 @@ class AUMetrics:
         >>> metrics.compute()["mean_f1"]
     """
 
-    def __init__(self, num_aus: int, threshold: float = 0.5):
+    def __init__(self, num_aus: int, threshold: Union[float, Tensor] = 0.5):
         if not isinstance(num_aus, int) or num_aus < 1:
             raise ValueError(f"num_aus: expected a positive int, got {num_aus!r}")
         self.num_aus = num_aus
+        if isinstance(threshold, Tensor) and threshold.shape not in ((), (num_aus,)):
+            raise ValueError(f"threshold: expected a float or a tensor [{num_aus}] (one per AU), "
+                             f"got shape {list(threshold.shape)}")
         self.threshold = threshold
         self.reset()
 
@@ -47,7 +52,9 @@ class AUMetrics:
             raise ValueError(f"probs {list(probs.shape)} and target {list(target.shape)}: "
                              f"expected the same shape [B, {self.num_aus}]")
         known = (target >= 0) & ~torch.isnan(probs)
-        predicted = (probs >= self.threshold) & known
+        threshold = self.threshold.to(probs.device) if isinstance(self.threshold, Tensor) \
+            else self.threshold
+        predicted = (probs >= threshold) & known
         actual = (target == 1) & known
         self.tp += (predicted & actual).sum(dim=0).cpu()
         self.fp += (predicted & ~actual & known).sum(dim=0).cpu()
