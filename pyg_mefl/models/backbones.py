@@ -9,7 +9,7 @@ from torch.nn.functional import adaptive_avg_pool2d
 from ..nn.blocks import LinearBlock
 from ..pretrained.backbone_layouts import (BACKBONE_NAMES, RESNET_BLOCKS, backbone_channels,
                                            check_backbone_name)
-from ..pretrained.swin import TIMM_NAMES
+from ..pretrained.swin import IMAGE_SIZE, TIMM_NAMES
 
 BACKBONES = ("cnn",) + BACKBONE_NAMES
 
@@ -142,6 +142,9 @@ class SwinTokens(Module):
 
     def forward(self, images: Tensor) -> Tensor:
         _check_images(images)
+        if images.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):  # the windows tile a 224-px face
+            raise ValueError(f"images: {self.name} reads {IMAGE_SIZE}x{IMAGE_SIZE} images, got "
+                             f"{images.size(-2)}x{images.size(-1)}")
         return self.norm(self.layers(self.patch_embed(images))).flatten(1, 2)
 
     def __repr__(self) -> str:

@@ -76,6 +76,8 @@ def test_swin_tokens_match_timm_loading_the_microsoft_file(swin_tiny):
         tokens = ours.eval()(images)
         assert tokens.shape == (1, 49, 768)
         assert torch.equal(tokens, reference(images))
+    with pytest.raises(ValueError, match="images: swin_tiny reads 224x224 images, got 256x224"):
+        ours(torch.zeros(1, 3, 256, 224))
 
 
 def test_swin_round_trip_is_bit_exact(swin_tiny):
