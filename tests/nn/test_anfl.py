@@ -256,6 +256,14 @@ def test_face_graphs_of_an_au_subset_match_the_dense_head_of_that_subset(trainin
         model(ragged)
 
 
+def test_zero_faces_give_zero_rows():
+    model = ANFL(8, 27, 14)
+    for training in (True, False):
+        model.train(training)
+        out = model(torch.zeros(0, 5, 8))
+        assert out.shape == (0, 41) and out.dtype == torch.float32
+
+
 def test_full_face_graphs_equal_tensor_input():
     _, model = make_pair(12, 0, 4, seed=12)
     tokens = torch.randn(B, D, C, generator=torch.Generator().manual_seed(13))
