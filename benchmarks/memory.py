@@ -76,10 +76,10 @@ def measure_step(step, data_limit_mb: float = 0):
                  "first_s": first}
 
 
-def run_worker(args, **options) -> dict:
-    """Run the driver with ``--worker`` and ``options`` (as flags) in a fresh process; its
-    last JSON line, or ``{error}``."""
-    cmd = [sys.executable, str(DRIVER), "--worker", "--threads", str(args.threads)]
+def run_worker(args, driver=DRIVER, **options) -> dict:
+    """Run the ``driver`` script (default: ``bench_mefl.py``) with ``--worker`` and ``options``
+    (as flags) in a fresh process; its last JSON line, or ``{error}``."""
+    cmd = [sys.executable, str(driver), "--worker", "--threads", str(args.threads)]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):

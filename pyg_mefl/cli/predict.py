@@ -114,7 +114,15 @@ def load_model(args: argparse.Namespace, device: torch.device):
         if args.checkpoint not in message:
             message = f"--checkpoint {args.checkpoint}: {message}"
         raise UsageError(message) from None
-    return model.eval().to(device)
+    return prepare_for_inference(model, device)
+
+
+def prepare_for_inference(model, device: torch.device):
+    """``model`` in eval mode on ``device``, its backbone in channels-last memory format (1.3-1.5x
+    faster for ResNet-50 on CPU in ``benchmarks/bench_predict.py``, same numbers to round-off)."""
+    model = model.eval().to(device)
+    model.backbone.to(memory_format=torch.channels_last)
+    return model
 
 
 def _reader(sources: Sequence[Source], transform: Callable, fps: Optional[float], min_size: int,
@@ -195,7 +203,8 @@ def predict_sources(model, sources: Sequence[Source], writer: CSVWriter, batch_s
                file=sys.stderr)
 
     def run_batch():
-        images = torch.stack([tensor for _, tensor in batch]).to(device)
+        images = torch.stack([tensor for _, tensor in batch]).to(device).contiguous(
+            memory_format=torch.channels_last)
         with torch.inference_mode():
             probs = model.predict(images).float().cpu().tolist()
         for (frame, _), row in zip(batch, probs):

@@ -39,3 +39,14 @@ def truncate(path, out, keep: float = 0.5):
     data = path.read_bytes()
     out.write_bytes(data[: int(len(data) * keep)])
     return out
+
+
+def damage_packet(path, out, number: int):
+    """A copy of the video ``path`` whose ``number``-th video packet is overwritten with 0xff."""
+    with av.open(str(path)) as container:
+        packets = [(p.pos, p.size) for p in container.demux(video=0) if p.size]
+    data = bytearray(path.read_bytes())
+    position, size = packets[number]
+    data[position:position + size] = b"\xff" * size
+    out.write_bytes(bytes(data))
+    return out

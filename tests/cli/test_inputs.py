@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_media import blank_video_payload, face_like, truncate, write_video
+from cli_media import blank_video_payload, damage_packet, face_like, truncate, write_video
 from pyg_mefl.cli.inputs import InputError, Source, collect_sources, read_image, read_video
 
 
@@ -150,3 +150,16 @@ def test_videos_without_decodable_frames_raise(tmp_path):
         with pytest.raises(InputError) as info:
             list(read_video(_source(path, "video"), None, 32, []))
         assert str(info.value).startswith(f"{path}: {reason}"), str(info.value)
+
+
+def test_a_damaged_packet_loses_its_frame_and_is_reported_after_the_others(tmp_path):
+    video = write_video(tmp_path / "clip.mp4", num_frames=12, rate=10)
+    damaged = damage_packet(video, tmp_path / "damaged.mp4", 6)
+    problems = []
+    frames = list(read_video(_source(damaged, "video"), None, 32, problems))
+    assert len(frames) == 11 and [f.index for f in frames] == list(range(11))
+    levels = _levels(frames)
+    assert np.abs(np.array(levels[:6]) - 20 * np.arange(6)).max() <= 3  # before the damage
+    assert [str(p) for p in problems] == [
+        f"{damaged}: 1 packet(s) could not be decoded (Invalid data found when processing "
+        f"input); 11 frame(s) were read"]

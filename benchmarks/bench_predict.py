@@ -1,0 +1,317 @@
+"""Images to AU probabilities with a whole published model: pyg_mefl against the published dense
+formulation, and ``python -m pyg_mefl predict`` on a folder of images.
+
+Run ``python benchmarks/bench_predict.py --out benchmarks/predict_results.json``.
+
+Models: ResNet-50, stage 2 (MEFL), 27 + 14 AUs, C = 512, B = 8 images of 224x224. The dense
+model is the published whole model written from SPEC: torchvision's ResNet-50 trunk, then
+``tests/dense_reference.DenseLinearBlock(2048, 512)`` and ``DenseMEFL(512, 27, 14)``, in eval mode
+under ``torch.no_grad()`` (the published demo). Its weights are written to a file in
+OpenGraphAU's layout, and pyg_mefl's model is ``FaceAUModel.from_pretrained`` of that file,
+run with ``predict`` (eval, ``torch.inference_mode``): the same weights, checked by the largest
+difference of the probabilities.
+
+Method:
+    Memory. Each implementation's peak is measured in a fresh worker process (this file with
+    ``--worker memory``), with ``benchmarks/memory.measure_step``: after one warm-up step (lazy
+    initialisation, thread pools, oneDNN primitives), garbage is collected, the freed heap is
+    returned to the kernel and the resident-set high-water mark reset; the peak of the next
+    step is VmHWM after it less the resident set before it (see ``bench_mefl.py``). The workers
+    alternate (dense, pyg_mefl, dense, ...); the median is reported.
+
+    Time. One worker process times every variant, alternating one step of each per round after
+    a warm-up step of each, and reports medians: dense; pyg_mefl ``predict``; the same with the
+    backbone in channels-last memory format; the backbone with its global linear block alone
+    (images to tokens); the stage-2 head alone and, when stage 1 loads, the stage-1 head alone
+    on those tokens.
+
+    Folder. 64 JPEG face crops of 256x256 are written to a temporary folder; the predict command's
+    pipeline (``pyg_mefl.cli.predict.predict_sources``: decoding and preprocessing in a reader
+    thread, batched inference, CSV rows) runs over them at several batch sizes; the model is
+    loaded beforehand, as a long run amortises it. Decoding and preprocessing alone are timed
+    too, to show how much of them the reader thread hides behind inference.
+
+    The machine may be shared: the load average at the start and the end are recorded.
+"""
+import argparse
+import copy
+import io
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
+
+from machine import machine_info, sgemm_rate  # noqa: E402
+from memory import measure_step, run_worker  # noqa: E402
+from report import fmt_mb, fmt_ratio, fmt_time  # noqa: E402
+
+BATCH, MAIN_AUS, SUB_AUS, CHANNELS, SEED = 8, 27, 14, 512, 0
+FOLDER_IMAGES, FOLDER_SIDE = 64, 256
+FOLDER_BATCHES = (1, 8, 32)
+
+
+def dense_model():
+    """The published whole model (SPEC §10) from torchvision and the dense reference."""
+    import torch
+    import torchvision
+    from dense_reference import DenseLinearBlock, DenseMEFL
+    torch.manual_seed(SEED)
+    model = torch.nn.ModuleDict({"resnet": torchvision.models.resnet50(),
+                                 "global_linear": DenseLinearBlock(2048, CHANNELS),
+                                 "head": DenseMEFL(CHANNELS, MAIN_AUS, SUB_AUS)})
+    return model.eval()
+
+
+def dense_forward(model, images):
+    import torch
+    r = model["resnet"]
+    with torch.no_grad():
+        maps = r.layer4(r.layer3(r.layer2(r.layer1(r.maxpool(r.relu(r.bn1(r.conv1(images))))))))
+        return model["head"](model["global_linear"](maps.flatten(2).transpose(1, 2)))["probs"]
+
+
+def write_checkpoints(folder: Path) -> dict:
+    """The dense model's weights as an OpenGraphAU stage-2 file, and a stage-1 file with the
+    same backbone, global linear and AU blocks (random GNN and similarity weights)."""
+    import torch
+    from dense_reference import to_layout, wrap
+    model = dense_model()
+    backbone = {f"backbone.{k}": v for k, v in model["resnet"].state_dict().items()
+                if not k.startswith("fc.")}
+    stage2 = to_layout(model["head"].state_dict(), "opengraphau", whole_model=True,
+                       global_linear=model["global_linear"].state_dict(), backbone=backbone)
+    paths = {"stage2": folder / "stage2.pth", "stage1": folder / "stage1.pth"}
+    torch.save(wrap(stage2, state_dict_wrapper=True), paths["stage2"])
+    generator = torch.Generator().manual_seed(SEED + 1)
+    stage1 = {k: v for k, v in stage2.items()
+              if not k.startswith(("head.edge_extractor.", "head.gnn."))}
+    for name in ("U", "V"):
+        stage1[f"head.gnn.{name}.weight"] = torch.randn(CHANNELS, CHANNELS, generator=generator) \
+            * (2 / CHANNELS) ** 0.5
+        stage1[f"head.gnn.{name}.bias"] = torch.zeros(CHANNELS)
+    for stat, value in (("weight", torch.ones(MAIN_AUS)), ("bias", torch.zeros(MAIN_AUS)),
+                        ("running_mean", torch.zeros(MAIN_AUS)),
+                        ("running_var", torch.ones(MAIN_AUS)),
+                        ("num_batches_tracked", torch.tensor(0))):
+        stage1[f"head.gnn.bnv.{stat}"] = value
+    torch.save(wrap(stage1, state_dict_wrapper=True), paths["stage1"])
+    return {k: str(v) for k, v in paths.items()}
+
+
+def images(batch: int = BATCH):
+    import torch
+    return torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(SEED + 2))
+
+
+def load_pyg(path: str, channels_last: bool = False):
+    import torch
+    from pyg_mefl.models import FaceAUModel
+    model = FaceAUModel.from_pretrained(path).eval()
+    if channels_last:
+        model.backbone.to(memory_format=torch.channels_last)
+    return model
+
+
+def memory_worker(args) -> dict:
+    x = images()
+    if args.impl == "dense":
+        model = dense_model()
+        step = lambda: dense_forward(model, x)  # noqa: E731
+    else:
+        model = load_pyg(args.checkpoint, args.channels_last)
+        step = lambda: model.predict(x)  # noqa: E731
+    step()
+    _, probe = measure_step(step)
+    return probe
+
+
+def time_worker(args) -> dict:
+    import torch
+    from pairs import relative_error
+    paths = json.loads(args.checkpoint)
+    x = images()
+    dense, ours = dense_model(), load_pyg(paths["stage2"])
+    ours_cl = copy.deepcopy(ours)
+    ours_cl.backbone.to(memory_format=torch.channels_last)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        tokens = ours.backbone(x)
+    steps = {"dense": lambda: dense_forward(dense, x), "pyg": lambda: ours.predict(x),
+             "pyg_channels_last": lambda: ours_cl.predict(x_cl),
+             "backbone": lambda: _inference(ours.backbone, x),
+             "stage2_head": lambda: _inference(ours.head, tokens)}
+    out = {}
+    try:
+        stage1 = load_pyg(paths["stage1"])
+        steps["stage1_head"] = lambda: _inference(stage1.head, tokens)
+    except Exception as error:  # reported, not fatal: stage 1 may not load in this version
+        out["stage1_error"] = f"{type(error).__name__}: {str(error)[:300]}"
+    warm = {name: step() for name, step in steps.items()}
+    out["max_abs_diff"] = float((warm["pyg"] - warm["dense"]).abs().max())
+    out["rel_error"] = relative_error(warm["pyg"], warm["dense"])
+    out["channels_last_max_abs_diff"] = float((warm["pyg_channels_last"] - warm["pyg"]).abs().max())
+    times = {name: [] for name in steps}
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    out["times_s"] = times
+    out["median_s"] = {name: statistics.median(t) for name, t in times.items()}
+    return out
+
+
+def _inference(module, x):
+    import torch
+    with torch.inference_mode():
+        return module(x)
+
+
+def folder_worker(args) -> dict:
+    import numpy as np
+    from PIL import Image
+    from pyg_mefl.cli.inputs import collect_sources, read_image
+    from pyg_mefl.cli.predict import CSVWriter, predict_sources
+    import torch
+    model = load_pyg(args.checkpoint, args.channels_last)
+    out = {"images": FOLDER_IMAGES, "side": FOLDER_SIDE}
+    with tempfile.TemporaryDirectory() as folder:
+        rng = np.random.default_rng(SEED)
+        for k in range(FOLDER_IMAGES):
+            small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(small).resize((FOLDER_SIDE, FOLDER_SIDE), Image.BICUBIC).save(
+                Path(folder) / f"face_{k:03d}.jpg", quality=90)
+        sources, problems = collect_sources([folder])
+        assert not problems and len(sources) == FOLDER_IMAGES
+
+        def run(batch_size, subset=sources):
+            writer = CSVWriter(io.StringIO(), model.au_names, False)
+            start = time.perf_counter()
+            summary = predict_sources(model, subset, writer, batch_size, torch.device("cpu"),
+                                      progress=False)
+            assert summary.predicted == len(subset) and not summary.problems
+            return time.perf_counter() - start
+
+        run(8, sources[:8])  # warm-up
+        start = time.perf_counter()
+        for source in sources:
+            model.transform(read_image(source, 32).image)
+        out["decode_and_preprocess_s"] = time.perf_counter() - start
+        out["predict_s"] = {}
+        for batch_size in map(int, args.folder_batches.split(",")):
+            out["predict_s"][batch_size] = run(batch_size)
+    out["images_per_s"] = {b: FOLDER_IMAGES / s for b, s in out["predict_s"].items()}
+    return out
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=HERE / "predict_results.json")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    parser.add_argument("--memory-repeats", type=int, default=2,
+                        help="fresh processes per implementation for the peak memory")
+    parser.add_argument("--folder-batches", default=",".join(map(str, FOLDER_BATCHES)),
+                        help="batch sizes of the folder runs, comma-separated")
+    parser.add_argument("--omp-wait-policy", choices=("inherit", "passive", "active"),
+                        default="inherit")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--task", choices=("memory", "time", "folder"), help=argparse.SUPPRESS)
+    parser.add_argument("--impl", choices=("dense", "pyg"), help=argparse.SUPPRESS)
+    parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
+    parser.add_argument("--channels-last", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args()
+
+
+def render(results) -> str:
+    t, m, f = results["time"]["median_s"], results["memory"], results["folder"]
+    lines = ["| | dense (published) | pyg_mefl | ratio |", "|---|---|---|---|",
+             f"| B = {BATCH} images -> probabilities | {fmt_time(t['dense'])} | "
+             f"{fmt_time(t['pyg'])} | {fmt_ratio(t['dense'] / t['pyg'])} faster |",
+             f"| peak memory of that step | {fmt_mb(m['dense_mb'])} | {fmt_mb(m['pyg_mb'])} | "
+             f"{fmt_ratio(m['dense_mb'] / m['pyg_mb'])} less |", "",
+             "| pyg_mefl part (B = 8) | time |", "|---|---|"]
+    for name, label in (("backbone", "ResNet-50 + global linear (images -> tokens)"),
+                        ("stage1_head", "stage-1 head (ANFL) on the tokens"),
+                        ("stage2_head", "stage-2 head (MEFL) on the tokens"),
+                        ("pyg", "whole model, stage 2 (`predict`)"),
+                        ("pyg_channels_last", "whole model, stage 2, channels-last backbone")):
+        if name in t:
+            lines.append(f"| {label} | {fmt_time(t[name])} |")
+    lines += ["", "| `predict` on a folder of 64 JPEGs (256 px), decoding included | images/s |",
+              "|---|---|"]
+    for batch_size, rate in f["images_per_s"].items():
+        lines.append(f"| --batch-size {batch_size} | {rate:.1f} |")
+    lines.append(f"| (decoding and preprocessing alone) | "
+                 f"{FOLDER_IMAGES / f['decode_and_preprocess_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def main():
+    args = parse_args()
+    if args.worker:
+        import torch
+        torch.set_num_threads(args.threads)
+        worker = {"memory": memory_worker, "time": time_worker, "folder": folder_worker}
+        print(json.dumps(worker[args.task](args), default=str))
+        return
+    started = time.perf_counter()
+
+    def log(message):
+        print(f"[{time.perf_counter() - started:5.0f} s] {message}", flush=True)
+
+    info = machine_info(args.threads)
+    info["sgemm_gflops"] = round(sgemm_rate(args.threads), 1)
+    log(f"{info['cpu']}, {args.threads} threads, torch {info['torch']}; sgemm "
+        f"{info['sgemm_gflops']} GFLOP/s; load average {info['loadavg_start'][0]:.2f}")
+    results = {"machine": info, "method": " ".join(
+        __doc__.split("Method:")[1].split()), "batch": BATCH, "aus": [MAIN_AUS, SUB_AUS]}
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_checkpoints(Path(folder))
+        peaks = {"dense": [], "pyg": []}
+        for _ in range(args.memory_repeats):
+            for impl in peaks:
+                probe = run_worker(args, driver=__file__, task="memory", impl=impl,
+                                   checkpoint=paths["stage2"])
+                if "error" in probe:
+                    raise SystemExit(f"memory worker ({impl}) failed: {probe['error']}")
+                peaks[impl].append(probe["peak_mb"])
+                log(f"peak memory {impl}: {fmt_mb(probe['peak_mb'])}")
+        results["memory"] = {"dense_runs_mb": peaks["dense"], "pyg_runs_mb": peaks["pyg"],
+                             "dense_mb": statistics.median(peaks["dense"]),
+                             "pyg_mb": statistics.median(peaks["pyg"])}
+        timing = run_worker(args, driver=__file__, task="time", repeats=args.repeats,
+                            checkpoint=json.dumps(paths))
+        if "error" in timing:
+            raise SystemExit(f"time worker failed: {timing['error']}")
+        results["time"] = timing
+        log("medians: " + ", ".join(f"{k} {fmt_time(v)}" for k, v in timing["median_s"].items())
+            + f"; max |pyg - dense| {timing['max_abs_diff']:.1e}")
+        folder_run = run_worker(args, driver=__file__, task="folder",
+                                checkpoint=paths["stage2"],
+                                folder_batches=args.folder_batches)
+        if "error" in folder_run:
+            raise SystemExit(f"folder worker failed: {folder_run['error']}")
+        results["folder"] = folder_run
+        log("folder: " + ", ".join(f"B={b} {r:.1f} img/s"
+                                   for b, r in folder_run["images_per_s"].items()))
+    t = timing["median_s"]
+    results["speedup"] = t["dense"] / t["pyg"]
+    results["memory_ratio"] = results["memory"]["dense_mb"] / results["memory"]["pyg_mb"]
+    info["loadavg_end"] = os.getloadavg()
+    results["wall_s"] = round(time.perf_counter() - started, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    log(f"wrote {args.out}; load average at the end {info['loadavg_end'][0]:.2f}\n\n"
+        + render(results))
+
+
+if __name__ == "__main__":
+    main()
