@@ -1,11 +1,83 @@
-"""AU graphs: the complete graph in the reference edge order, and faces as PyG ``Data``."""
-from typing import Optional, Sequence, Union
+"""AU graphs: the complete graph in the reference edge order, faces as PyG ``Data``, and the
+structural facts of a graph decided where it is built (:class:`GraphLayout`)."""
+from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
 from ..utils.checks import check_edge_index, check_labels, check_tokens
+
+
+class GraphLayout(NamedTuple):
+    r"""Structural facts of a graph, or of a batch of graphs, decided where the graph is built and
+    carried with it (``data.graph_layout``), so that the layers choose their fast paths from
+    Python values instead of reading index tensors on every call (no device-to-host sync, no
+    graph break under :func:`torch.compile`).
+
+    Attributes:
+        nodes_per_graph (int, optional): ``n`` when node :math:`v` belongs to graph
+            :math:`\lfloor v / n 
+floor` (``batch == arange(V) // n``).
+        in_degree (int, optional): ``k`` when edge :math:`e` has target
+            :math:`\lfloor e / k 
+floor`: edges sorted by target, ``k`` per node
+            (:func:`uniform_in_degree`).
+        within_graphs (bool): every edge joins two nodes of one graph.
+    """
+    nodes_per_graph: Optional[int] = None
+    in_degree: Optional[int] = None
+    within_graphs: bool = False
+
+    @classmethod
+    def of_batch(cls, layouts: Union["GraphLayout", Iterable["GraphLayout"]]) -> "GraphLayout":
+        """The layout of PyG's concatenation of graphs with these layouts (``Batch`` keeps
+        ``graph_layout`` as a list, one per graph): a fact holds if it holds in every graph with
+        the same value. One layout is returned as it is."""
+        if isinstance(layouts, GraphLayout):
+            return layouts
+        layouts = list(layouts)
+        if not layouts or not all(isinstance(layout, GraphLayout) for layout in layouts):
+            return cls()
+        first = layouts[0]
+        return cls(
+            first.nodes_per_graph if all(l.nodes_per_graph == first.nodes_per_graph
+                                         for l in layouts) else None,
+            first.in_degree if all(l.in_degree == first.in_degree for l in layouts) else None,
+            all(layout.within_graphs for layout in layouts))
+
+    def check(self, edge_index: Tensor, batch: Tensor, name: str = "graph_layout") -> None:
+        """Raise a :class:`ValueError` naming ``name`` if ``edge_index`` or ``batch`` break a fact
+        this layout states (e.g. an ``edge_index`` changed after the graph was built). Reads the
+        index values: call it outside compiled code."""
+        num_edges = edge_index.size(1)
+        broken = []
+        if self.nodes_per_graph is not None and not torch.equal(
+                batch, torch.arange(batch.numel(), device=batch.device) // self.nodes_per_graph):
+            broken.append(f"nodes_per_graph={self.nodes_per_graph}")
+        if self.in_degree is not None and not torch.equal(
+                edge_index[1], torch.arange(num_edges, device=edge_index.device) // self.in_degree):
+            broken.append(f"in_degree={self.in_degree}")
+        if self.within_graphs and num_edges and not bool(
+                (batch[edge_index[0]] == batch[edge_index[1]]).all()):
+            broken.append("within_graphs=True")
+        if broken:
+            raise ValueError(f"{name}: the graph no longer has {', '.join(broken)} (was its "
+                             f"edge_index changed after it was built? rebuild it with face_graph, "
+                             f"or set {name} to GraphLayout() to state no facts)")
+
+
+def uniform_in_degree(edge_index: Tensor, num_nodes: int) -> Optional[int]:
+    """``k`` if every one of the ``num_nodes`` nodes has in-degree ``k`` and the edges are sorted
+    by target (edge ``e`` has target ``e // k``), as in the complete AU graph; :obj:`None`
+    otherwise. Reads ``edge_index``: call it once, where the graph is built, and carry the answer
+    (:class:`GraphLayout`)."""
+    num_edges = edge_index.size(1)
+    if num_nodes <= 0 or num_edges == 0 or num_edges % num_nodes:
+        return None
+    k = num_edges // num_nodes
+    expected = torch.arange(num_edges, device=edge_index.device) // k
+    return k if torch.equal(edge_index[1], expected) else None
 
 
 def complete_au_graph(num_aus: int, batch_size: int = 1,
@@ -54,7 +126,9 @@ def face_graph(tokens: Optional[Tensor], num_aus: Optional[int] = None,
 
     Returns:
         ``Data`` with ``tokens`` ``[1, D, C]`` (if given), ``au_id`` ``[N]``, ``edge_index``,
-        ``num_nodes`` and, with labels, ``y`` ``[N]``, ``y_sub`` ``[1, S]`` and the edge relation
+        ``num_nodes``, ``graph_layout`` (:class:`GraphLayout`: the facts the layers' fast paths
+        rely on; rebuild the graph rather than editing ``edge_index`` in place) and, with
+        labels, ``y`` ``[N]``, ``y_sub`` ``[1, S]`` and the edge relation
         labels ``edge_y = 2 * y[target] + y[source]`` (``-1`` where either label is unknown).
     """
     if tokens is not None:
@@ -73,8 +147,9 @@ def face_graph(tokens: Optional[Tensor], num_aus: Optional[int] = None,
     if edge_index is None:
         edge_index = complete_au_graph(num_nodes)
     check_edge_index(edge_index, num_nodes)
+    layout = GraphLayout(num_nodes, uniform_in_degree(edge_index, num_nodes), True)
     data = Data(tokens=None if tokens is None else tokens.unsqueeze(0), au_id=au_id,
-                edge_index=edge_index, num_nodes=num_nodes)
+                edge_index=edge_index, num_nodes=num_nodes, graph_layout=layout)
     if labels is not None:
         labels = torch.as_tensor(labels).flatten()
         check_labels(labels)

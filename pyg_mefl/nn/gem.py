@@ -7,6 +7,7 @@ from torch import Tensor
 from torch.nn import Linear
 from torch_geometric.nn.conv import MessagePassing
 
+from ..data.graph import GraphLayout
 from .attention import CrossAttention
 from .norm import SlotBatchNorm
 from .ops import gather_matmul, softmax_column_moments
@@ -32,9 +33,12 @@ class GraphEdgeModel(MessagePassing):
     \mathrm{Lin}_{\mathrm{proj}}(\mathbf{V})`, and because the slot norm is affine, the token mean
     passes through both: an edge costs one :math:`D \times D` attention map, and the training
     statistics come from the Gram matrix of each node's values. No ``[E, D, C]`` tensor is built.
-    When every edge stays inside one face and a face has fewer tokens than query channels, the
-    attention is computed in the faces' token basis, :math:`D^3` instead of :math:`D^2 C/2` per
-    edge (see :meth:`_face_basis_operands`; ``face_basis`` forces either path).
+    When every edge stays inside one face (``layout.within_graphs``) and a face has fewer tokens
+    than query channels, the attention is computed in the faces' token basis, :math:`D^3`
+    instead of :math:`D^2 C/2` per edge (see :meth:`_face_basis_operands`; ``face_basis``
+    forces either path). The other facts of ``layout`` (:class:`~pyg_mefl.data.GraphLayout`:
+    nodes per face, uniform in-degree) turn gathers into grouped products; the layer never reads
+    index values to decide, so it compiles to one graph.
 
     Args:
         in_channels (int): Token width :math:`C`.
@@ -45,7 +49,8 @@ class GraphEdgeModel(MessagePassing):
     Shapes:
         - **input:** face tokens ``x`` :math:`(G, D, C)`, AU tokens ``node_tokens``
           :math:`(|\mathcal{V}|, D, C)`, ``edge_index`` :math:`(2, |\mathcal{E}|)`, ``batch``
-          :math:`(|\mathcal{V}|)` (face of each node), ``edge_slot`` :math:`(|\mathcal{E}|)`
+          :math:`(|\mathcal{V}|)` (face of each node), ``edge_slot`` :math:`(|\mathcal{E}|)`,
+          ``layout`` (:class:`~pyg_mefl.data.GraphLayout`, optional)
         - **output:** ``edge_attr`` :math:`(|\mathcal{E}|, C)`
     """
 
@@ -57,8 +62,8 @@ class GraphEdgeModel(MessagePassing):
         self.arm = CrossAttention(in_channels)
         self.lin_proj = Linear(in_channels, in_channels)
         self.norm = SlotBatchNorm(num_edge_slots) if num_edge_slots is not None else None
-        # None: attend in the faces' token basis whenever that is exact and cheaper (see
-        # _use_face_basis); True / False force it on / off (tests compare both paths).
+        # None: attend in the faces' token basis whenever the layout makes that exact and it is
+        # cheaper (see _use_face_basis); True / False force it on / off (tests compare paths).
         self.face_basis: Optional[bool] = None
         self.reset_parameters()
 
@@ -72,29 +77,33 @@ class GraphEdgeModel(MessagePassing):
             self.norm.reset_parameters()
 
     def forward(self, x: Tensor, node_tokens: Tensor, edge_index: Tensor, batch: Tensor,
-                edge_slot: Optional[Tensor] = None) -> Tensor:
+                edge_slot: Optional[Tensor] = None,
+                layout: Optional[GraphLayout] = None) -> Tensor:
         if self.norm is not None and edge_slot is None:
             raise ValueError("GraphEdgeModel: edge_slot is required when num_edge_slots is set")
-        if self._use_face_basis(x, edge_index, batch):
-            query, key, value = self._face_basis_operands(x, node_tokens, batch)
+        layout = layout or GraphLayout()
+        if self._use_face_basis(x, layout):
+            query, key, value = self._face_basis_operands(x, node_tokens, batch,
+                                                          layout.nodes_per_graph)
         else:
             face_aware = self.fam(node_tokens, x, index=batch)
             query = self.arm.lin_q(face_aware)
             key = self.arm.lin_k(face_aware) * self.arm.scale
             value = self.lin_proj(self.arm.lin_v(face_aware))
-        return self.edge_updater(edge_index, query=query, key=key, value=value, edge_slot=edge_slot)
+        return self.edge_updater(edge_index, query=query, key=key, value=value, edge_slot=edge_slot,
+                                 in_degree=layout.in_degree)
 
-    def _use_face_basis(self, x: Tensor, edge_index: Tensor, batch: Tensor) -> bool:
+    def _use_face_basis(self, x: Tensor, layout: GraphLayout) -> bool:
         """Whether to attend in the token basis of the faces (see :meth:`_face_basis_operands`):
-        exact whenever every edge joins two nodes of one face, and cheaper per edge when there
-        are fewer tokens than query channels (:math:`D^3` instead of :math:`D^2 C/2`)."""
+        exact whenever every edge joins two nodes of one face (a fact of the ``layout``), and
+        cheaper per edge when there are fewer tokens than query channels (:math:`D^3` instead of
+        :math:`D^2 C/2`)."""
         if self.face_basis is not None:
-            return bool(self.face_basis)
-        if x.size(1) >= self.arm.lin_q.out_features or edge_index.numel() == 0:
-            return False
-        return bool((batch[edge_index[0]] == batch[edge_index[1]]).all())
+            return self.face_basis
+        return layout.within_graphs and x.size(1) < self.arm.lin_q.out_features
 
-    def _face_basis_operands(self, x: Tensor, node_tokens: Tensor, batch: Tensor):
+    def _face_basis_operands(self, x: Tensor, node_tokens: Tensor, batch: Tensor,
+                             nodes_per_face: Optional[int]):
         r"""ARM operands expressed through the FAM attention maps :math:`\mathbf{M}_i` of the nodes.
 
         :math:`\mathbf{F}_i = \mathbf{M}_i \mathbf{X}^v_{g(i)}` with
@@ -115,18 +124,20 @@ class GraphEdgeModel(MessagePassing):
         # projection folds into the face's keys, D x C per face instead of D x C/2 per node.
         face_key = fam.lin_k(x) * fam.scale                                 # [G, D, C/2]
         scores = gather_matmul(node_tokens, face_key @ fam.lin_q.weight, None, batch,
-                               transpose_b=True)                            # [n, D, D]
+                               transpose_b=True, run_length=nodes_per_face)  # [n, D, D]
         scores = scores + (face_key @ fam.lin_q.bias).index_select(0, batch).unsqueeze(1)
         attn = torch.softmax(scores, dim=-1)                                # [n, D, D]
         face_value = fam.lin_v(x)                                           # [G, D, C]
         face_scores = arm.lin_q(face_value) @ (arm.lin_k(face_value) * arm.scale).transpose(1, 2)
         projected = self.lin_proj(arm.lin_v(face_value))                    # [G, D, C]
-        key = gather_matmul(attn, face_scores, None, batch, transpose_b=True)
-        value = gather_matmul(attn, projected, None, batch)
+        key = gather_matmul(attn, face_scores, None, batch, transpose_b=True,
+                            run_length=nodes_per_face)
+        value = gather_matmul(attn, projected, None, batch, run_length=nodes_per_face)
         return attn, key, value
 
     def edge_update(self, query: Tensor, key: Tensor, value: Tensor, edge_index_i: Tensor,
-                    edge_index_j: Tensor, edge_slot: Optional[Tensor]) -> Tensor:
+                    edge_index_j: Tensor, edge_slot: Optional[Tensor],
+                    in_degree: Optional[int]) -> Tensor:
         # Attention of edge j -> i: queries from the source's tokens, keys/values from the target's.
         # (The keys carry the 1/sqrt(C/2) scale of the attention.)
         num_tokens = query.size(1)
@@ -141,8 +152,10 @@ class GraphEdgeModel(MessagePassing):
         # 1^T A_e V~_i 1 and sum((P_e - c)^2) = tr(A_e G_i A_e^T) for P_e = A_e V_i, so the slot
         # statistics of P_e over tokens and channels need no [E, D, C] tensor. Centring per node
         # keeps the subtraction of the moments well conditioned.
-        column_mass, second = softmax_column_moments(query, key, edge_index_j, edge_index_i, gram)
-        pooled = gather_matmul((column_mass / num_tokens).unsqueeze(1), value, None, edge_index_i)
+        column_mass, second = softmax_column_moments(query, key, edge_index_j, edge_index_i, gram,
+                                                     run_length=in_degree)
+        pooled = gather_matmul((column_mass / num_tokens).unsqueeze(1), value, None, edge_index_i,
+                               run_length=in_degree)
         pooled = pooled.squeeze(1)                                          # mean_d P_e, [E, C]
         if self.norm is None:
             return pooled

@@ -9,9 +9,8 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.nn.norm import BatchNorm
 from torch_geometric.utils import softmax
 
-from ..utils.checks import check_edge_attr, check_edge_index
+from ..utils.checks import check_edge_attr, check_edge_index, check_node_features
 from .norm import SlotBatchNorm
-from .ops import uniform_groups
 
 NORMS = (None, "batch", "slot")
 RESIDUALS = ("post", "pre")
@@ -54,6 +53,12 @@ class GatedGNNLayer(MessagePassing):
     (``residual="pre"``, ME-GraphAU). A node without incoming edges gets
     :math:`\mathbf{x}'_i = \mathbf{U}\mathbf{x}_i`.
 
+    Where the graph is built target by target with the same in-degree :math:`k` everywhere
+    (edge :math:`e` has target :math:`\lfloor e / k \rfloor`, as in the complete AU graph;
+    :func:`~pyg_mefl.data.uniform_in_degree`), pass ``in_degree=k``: the softmax and the
+    aggregation then run over a ``[targets, k, C]`` view without scatter. The layer never reads
+    index values to choose a path, so it compiles to one graph.
+
     Args:
         in_channels (int): Node and edge feature width :math:`C`.
         norm (str, optional): ``"batch"`` (PyG :class:`BatchNorm`, per channel, for generic
@@ -67,7 +72,8 @@ class GatedGNNLayer(MessagePassing):
     Shapes:
         - **input:** ``x`` :math:`(|\mathcal{V}|, C)`, ``edge_index`` :math:`(2, |\mathcal{E}|)`,
           ``edge_attr`` :math:`(|\mathcal{E}|, C)`, with ``norm="slot"`` also ``node_slot``
-          :math:`(|\mathcal{V}|)` and ``edge_slot`` :math:`(|\mathcal{E}|)`
+          :math:`(|\mathcal{V}|)` and ``edge_slot`` :math:`(|\mathcal{E}|)`; optionally
+          ``in_degree`` (int)
         - **output:** ``(x, edge_attr)`` of shapes :math:`(|\mathcal{V}|, C)`,
           :math:`(|\mathcal{E}|, C)`
     """
@@ -104,55 +110,53 @@ class GatedGNNLayer(MessagePassing):
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor,
                 node_slot: Optional[Tensor] = None,
-                edge_slot: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                edge_slot: Optional[Tensor] = None,
+                in_degree: Optional[int] = None) -> Tuple[Tensor, Tensor]:
         if self.norm_kind == "slot" and (node_slot is None or edge_slot is None):
             raise ValueError("GatedGNNLayer: norm='slot' needs node_slot and edge_slot")
+        check_node_features(x, self.in_channels, self.lin_u.weight.dtype)
         check_edge_index(edge_index, x.size(0))
-        check_edge_attr(edge_attr, edge_index.size(1), self.in_channels)
+        check_edge_attr(edge_attr, edge_index.size(1), self.in_channels, x.dtype)
         edge_attr = self.edge_updater(edge_index, ax=self.lin_a(x), bx=self.lin_b(x),
-                                      edge_attr=edge_attr, edge_slot=edge_slot)
+                                      edge_attr=edge_attr, edge_slot=edge_slot,
+                                      in_degree=in_degree)
         out = self.lin_u(x) + self.propagate(edge_index, vx=self.lin_v(x),
-                                             gate=torch.sigmoid(edge_attr))
+                                             gate=torch.sigmoid(edge_attr), in_degree=in_degree)
         out = _apply_norm(self.norm_node, out, node_slot)
         out = x + torch.relu(out) if self.residual == "post" else torch.relu(x + out)
         return out, edge_attr
 
     def edge_update(self, ax: Tensor, bx_j: Tensor, edge_attr: Tensor,
-                    edge_slot: Optional[Tensor], edge_index_i: Tensor) -> Tensor:
-        groups = uniform_groups(edge_index_i)
-        if groups is None:
+                    edge_slot: Optional[Tensor], edge_index_i: Tensor,
+                    in_degree: Optional[int]) -> Tensor:
+        if in_degree is None:
             update = ax.index_select(0, edge_index_i) + bx_j
         else:  # edges in equal runs per target: broadcast A x_i over its run, no gather
-            first, k = groups
-            runs = bx_j.view(-1, k, bx_j.size(-1))
-            update = (runs + ax[first:first + runs.size(0)].unsqueeze(1)).view_as(bx_j)
+            runs = bx_j.view(-1, in_degree, bx_j.size(-1))
+            update = (runs + ax[:runs.size(0)].unsqueeze(1)).view_as(bx_j)
         update = torch.addmm(update, edge_attr, self.lin_e.weight.t())     # + E e_{j->i}
         return edge_attr + torch.relu_(_apply_norm(self.norm_edge, update, edge_slot))
 
     def message(self, vx_j: Tensor, gate: Tensor, index: Tensor, ptr: Optional[Tensor],
-                size_i: Optional[int]) -> Tensor:
-        groups = uniform_groups(index)
-        if groups is None:
+                size_i: Optional[int], in_degree: Optional[int]) -> Tensor:
+        if in_degree is None:
             return softmax(gate, index, ptr, size_i) * vx_j
         # Edges in equal consecutive runs per target: the softmax over the sources of a target is
         # a softmax over one axis of a [targets, in-degree, C] view, with no scatter.
-        gate = torch.softmax(gate.view(-1, groups[1], gate.size(-1)), dim=1)
+        gate = torch.softmax(gate.view(-1, in_degree, gate.size(-1)), dim=1)
         return gate.view_as(vx_j) * vx_j
 
     def aggregate(self, inputs: Tensor, index: Tensor, ptr: Optional[Tensor] = None,
-                  dim_size: Optional[int] = None) -> Tensor:
-        groups = uniform_groups(index) if self.aggr in ("mean", "sum", "add") else None
-        if groups is None:
+                  dim_size: Optional[int] = None, in_degree: Optional[int] = None) -> Tensor:
+        if in_degree is None or self.aggr not in ("mean", "sum", "add"):
             return super().aggregate(inputs, index, ptr, dim_size)
-        first, k = groups
-        runs = inputs.view(-1, k, inputs.size(-1))
+        runs = inputs.view(-1, in_degree, inputs.size(-1))
         runs = runs.mean(dim=1) if self.aggr == "mean" else runs.sum(dim=1)
-        size = dim_size if dim_size is not None else first + runs.size(0)
-        if first == 0 and runs.size(0) == size:
+        size = dim_size if dim_size is not None else runs.size(0)
+        if runs.size(0) == size:
             return runs
-        out = inputs.new_zeros(size, inputs.size(-1))  # nodes without incoming edges get 0
-        out[first:first + runs.size(0)] = runs
-        return out
+        # nodes after the last target receive nothing: 0
+        return torch.cat([runs, inputs.new_zeros(size - runs.size(0), inputs.size(-1))])
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, norm={self.norm_kind!r}, "
@@ -184,7 +188,8 @@ class GatedGNN(Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor,
                 node_slot: Optional[Tensor] = None,
-                edge_slot: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+                edge_slot: Optional[Tensor] = None,
+                in_degree: Optional[int] = None) -> Tuple[Tensor, Tensor]:
         for layer in self.layers:
-            x, edge_attr = layer(x, edge_index, edge_attr, node_slot, edge_slot)
+            x, edge_attr = layer(x, edge_index, edge_attr, node_slot, edge_slot, in_degree)
         return x, edge_attr

@@ -6,8 +6,8 @@ from torch import Tensor
 from torch.nn import Linear, Module
 from torch_geometric.data import Data
 
-from ..data.graph import complete_au_graph, edge_slots
-from ..utils.checks import check_edge_index
+from ..data.graph import GraphLayout, complete_au_graph, edge_slots
+from ..utils.checks import check_dtype, check_edge_index
 from .blocks import AUFeatureBlocks
 from .gem import GraphEdgeModel
 from .gnn import GatedGNN
@@ -96,13 +96,15 @@ class MEFL(Module):
 
     def forward(self, x: Union[Tensor, Data],
                 return_edges: bool = False) -> Union[Tensor, MEFLOutput]:
-        tokens, au_id, edge_index, batch = self._graph_inputs(x)
+        tokens, au_id, edge_index, batch, layout = self._graph_inputs(x)
         num_faces = tokens.size(0)
+        if num_faces == 0:  # e.g. a video frame without a face
+            return self._empty_output(tokens, isinstance(x, Tensor), return_edges)
         node_tokens = self.afg(tokens, au_id, batch)
         edge_slot = edge_slots(edge_index, au_id, self.num_main_aus)
-        edge_attr = self.gem(tokens, node_tokens, edge_index, batch, edge_slot)
+        edge_attr = self.gem(tokens, node_tokens, edge_index, batch, edge_slot, layout)
         node_x, edge_attr = self.gnn(node_tokens.mean(dim=1), edge_index, edge_attr, au_id,
-                                     edge_slot)
+                                     edge_slot, layout.in_degree)
         probs = similarity_scores(node_x, au_id, batch, num_faces, self.main_sc, self.sub_sc,
                                   self.sub_au_sources)
         if not return_edges:
@@ -113,14 +115,36 @@ class MEFL(Module):
             edge_logits = None if edge_logits is None else edge_logits.view(num_faces, -1, 4)
         return MEFLOutput(probs, edge_attr, edge_logits)
 
-    def _graph_inputs(self, x: Union[Tensor, Data]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _graph_inputs(self, x: Union[Tensor, Data]
+                      ) -> Tuple[Tensor, Tensor, Tensor, Tensor, GraphLayout]:
+        """Tokens, AU ids, edges and face of each node, and the graph's structural facts: those
+        of the complete AU graph for a tensor, those ``face_graph`` recorded for a ``Data``
+        (checked against the indices outside compiled code)."""
         tokens, au_id, batch = face_inputs(x, self.in_channels, self.num_main_aus,
                                            self.check_finite, "MEFL")
+        check_dtype(tokens, self.main_sc.dtype, "tokens" if isinstance(x, Tensor)
+                    else "data.tokens", "the model's parameters")
         if isinstance(x, Tensor):
-            return tokens, au_id, complete_au_graph(self.num_main_aus, tokens.size(0),
-                                                    tokens.device), batch
-        check_edge_index(x.edge_index, x.num_nodes, "data.edge_index")
-        return tokens, au_id, x.edge_index, batch
+            num_aus = self.num_main_aus
+            return (tokens, au_id, complete_au_graph(num_aus, tokens.size(0), tokens.device),
+                    batch, GraphLayout(num_aus, num_aus, True))
+        check_edge_index(x.edge_index, au_id.size(0), "data.edge_index")
+        layout = GraphLayout.of_batch(getattr(x, "graph_layout", None) or [])
+        if not torch.compiler.is_compiling():
+            layout.check(x.edge_index, batch, "data.graph_layout")
+        return tokens, au_id, x.edge_index, batch, layout
+
+    def _empty_output(self, tokens: Tensor, dense: bool,
+                      return_edges: bool) -> Union[Tensor, MEFLOutput]:
+        """The outputs of zero faces: ``[0, N + S]`` probabilities, and with ``return_edges``
+        edge features (and logits) with zero rows, shaped as for a non-empty input."""
+        probs = tokens.new_zeros(0, self.num_main_aus + self.num_sub_aus)
+        if not return_edges:
+            return probs
+        shape = (0, self.num_main_aus ** 2) if dense else (0,)
+        edge_attr = tokens.new_zeros(shape + (self.in_channels,))
+        edge_logits = None if self.edge_head is None else tokens.new_zeros(shape + (4,))
+        return MEFLOutput(probs, edge_attr, edge_logits)
 
     @classmethod
     def from_pretrained(cls, checkpoint, source: Optional[str] = None) -> "MEFL":

@@ -7,22 +7,10 @@ from torch import Tensor
 # Elements of the per-chunk operands; bounds the transient memory of a chunk (~64 MB in float32).
 _CHUNK_ELEMENTS = 1 << 24
 
-Groups = Optional[Tuple[int, int]]
-
-
-def uniform_groups(index: Optional[Tensor]) -> Groups:
-    r"""``(first, k)`` if ``index == first + arange(E) // k``, i.e. the edges come in consecutive
-    runs of ``k`` per node, nodes in increasing order without gaps (a graph built target by target
-    with the same in-degree everywhere, such as the complete AU graph in the reference edge order
-    or a k-nearest-neighbour graph); :obj:`None` otherwise. Costs a few passes over ``index``."""
-    if index is None or index.dim() != 1 or index.numel() == 0:
-        return None
-    first = int(index[0])
-    k = int((index == first).sum())
-    if index.numel() % k != 0:
-        return None
-    expected = torch.arange(index.numel(), device=index.device).div_(k, rounding_mode="floor")
-    return (first, k) if torch.equal(index, expected.add_(first)) else None
+# ``k``: the edges come in consecutive runs of ``k`` per node, ``index[e] == e // k`` (a graph
+# built target by target with the same in-degree everywhere). A promise made where the graph is
+# built (see pyg_mefl.data.uniform_in_degree), never read back from the index values.
+RunLength = Optional[int]
 
 
 def _apply_autocast(function, *args):
@@ -40,14 +28,15 @@ def _apply_autocast(function, *args):
         return function.apply(*args)
 
 
-def _chunks(num_edges: int, per_edge: int, group: int = 1) -> List[Tuple[int, int]]:
+def _chunks(num_edges: int, per_edge: int, run_length: RunLength) -> List[Tuple[int, int]]:
+    group = run_length or 1
     step = max(1, _CHUNK_ELEMENTS // max(per_edge * group, 1)) * group
     return [(start, min(start + step, num_edges)) for start in range(0, num_edges, step)]
 
 
-def _per_edge(a: Tensor, b: Tensor, groups: Groups) -> int:
-    # elements a chunk materialises per edge: gathered rows (b is shared by a group of k edges)
-    return a[0].numel() + (b[0].numel() // groups[1] if groups else b[0].numel())
+def _per_edge(a: Tensor, b: Tensor, run_length: RunLength) -> int:
+    # elements a chunk materialises per edge: gathered rows (b is shared by a run of k edges)
+    return a.size(1) * a.size(2) + b.size(1) * b.size(2) // (run_length or 1)
 
 
 def _pick(t: Tensor, index: Optional[Tensor], start: int, end: int) -> Tensor:
@@ -59,15 +48,16 @@ def _op(b: Tensor, transpose_b: bool) -> Tensor:
 
 
 def _edge_product(a_part: Tensor, b: Tensor, b_index: Optional[Tensor], transpose_b: bool,
-                  groups: Groups, start: int, end: int, out: Optional[Tensor] = None) -> Tensor:
+                  run_length: RunLength, start: int, end: int,
+                  out: Optional[Tensor] = None) -> Tensor:
     """``a_part[e] @ op(b[b_index[e]])`` for the edges ``[start, end)`` (``a_part`` holds their
-    left operands). With ``groups`` the ``k`` edges of a group share ``b``'s row: one product
-    per group with a ``k`` times taller left operand, and ``b`` is never gathered."""
-    if groups is None:
+    left operands). With ``run_length`` ``k`` the ``k`` edges of a run share ``b``'s row: one
+    product per run with a ``k`` times taller left operand, and ``b`` is never gathered."""
+    if run_length is None:
         return torch.bmm(a_part, _op(_pick(b, b_index, start, end), transpose_b), out=out)
-    first, k = groups
+    k = run_length
     rows = a_part.size(1)
-    b_part = _op(b[first + start // k:first + end // k], transpose_b)
+    b_part = _op(b[start // k:end // k], transpose_b)
     out = torch.bmm(a_part.reshape(-1, k * rows, a_part.size(2)), b_part,
                     out=None if out is None else out.view(-1, k * rows, out.size(2)))
     return out.view(end - start, rows, -1)
@@ -80,71 +70,72 @@ def _accumulate(grad: Tensor, index: Optional[Tensor], start: int, end: int, par
         grad.index_add_(0, index[start:end], part)
 
 
-def _reduce_product(grad: Tensor, x: Tensor, y: Tensor, index: Optional[Tensor], groups: Groups,
-                    start: int, end: int) -> None:
-    """``grad[index[e]] += x[e]^T @ y[e]`` for the edges ``[start, end)`` (one product per group
-    with ``groups``, summing over the group's edges inside the product)."""
-    if groups is None:
+def _reduce_product(grad: Tensor, x: Tensor, y: Tensor, index: Optional[Tensor],
+                    run_length: RunLength, start: int, end: int) -> None:
+    """``grad[index[e]] += x[e]^T @ y[e]`` for the edges ``[start, end)`` (one product per run
+    with ``run_length``, summing over the run's edges inside the product)."""
+    if run_length is None:
         _accumulate(grad, index, start, end, torch.bmm(x.transpose(1, 2), y))
         return
-    first, k = groups
+    k = run_length
     x = x.reshape(-1, k * x.size(1), x.size(2))
     y = y.reshape(-1, k * y.size(1), y.size(2))
-    grad[first + start // k:first + end // k] += torch.bmm(x.transpose(1, 2), y)
+    grad[start // k:end // k] += torch.bmm(x.transpose(1, 2), y)
 
 
 class _GatherMatmul(torch.autograd.Function):
-    # Chunked over the edges; when b_index runs in equal consecutive groups (uniform_groups) each
-    # group is one product and b is neither gathered nor scattered back (see _edge_product).
+    # Chunked over the edges; when b_index runs in equal consecutive runs (run_length) each run
+    # is one product and b is neither gathered nor scattered back (see _edge_product).
     @staticmethod
     def forward(ctx, a: Tensor, b: Tensor, a_index: Optional[Tensor], b_index: Optional[Tensor],
-                transpose_b: bool, num_edges: int) -> Tensor:
+                transpose_b: bool, num_edges: int, run_length: RunLength) -> Tensor:
         rows, cols = a.size(1), (b.size(1) if transpose_b else b.size(2))
         out = a.new_empty(num_edges, rows, cols)
-        groups = uniform_groups(b_index)
-        per_edge = _per_edge(a, b, groups) + rows * cols
-        for start, end in _chunks(num_edges, per_edge, groups[1] if groups else 1):
-            _edge_product(_pick(a, a_index, start, end), b, b_index, transpose_b, groups, start,
+        per_edge = _per_edge(a, b, run_length) + rows * cols
+        for start, end in _chunks(num_edges, per_edge, run_length):
+            _edge_product(_pick(a, a_index, start, end), b, b_index, transpose_b, run_length, start,
                           end, out=out[start:end])
         ctx.save_for_backward(a, b, a_index, b_index)
         ctx.transpose_b = transpose_b
-        ctx.groups = groups
+        ctx.run_length = run_length
         return out
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         a, b, a_index, b_index = ctx.saved_tensors
-        transpose_b, groups = ctx.transpose_b, ctx.groups
+        transpose_b, run_length = ctx.transpose_b, ctx.run_length
         grad_a = grad_b = None
         if ctx.needs_input_grad[0]:  # rows gathered by an index accumulate, the others are set
             grad_a = torch.zeros_like(a) if a_index is not None else torch.empty_like(a)
         if ctx.needs_input_grad[1]:
             grad_b = torch.zeros_like(b) if b_index is not None else torch.empty_like(b)
         grad_out = grad_out.contiguous()
-        per_edge = 2 * _per_edge(a, b, groups) + grad_out[0].numel()
-        for start, end in _chunks(grad_out.size(0), per_edge, groups[1] if groups else 1):
+        per_edge = 2 * _per_edge(a, b, run_length) + grad_out.size(1) * grad_out.size(2)
+        for start, end in _chunks(grad_out.size(0), per_edge, run_length):
             g = grad_out[start:end]
             if grad_a is not None:  # out = a @ op(b)  =>  da = g @ op(b)^T
-                part = _edge_product(g, b, b_index, not transpose_b, groups, start, end)
+                part = _edge_product(g, b, b_index, not transpose_b, run_length, start, end)
                 _accumulate(grad_a, a_index, start, end, part)
             if grad_b is not None:  # db = g^T a  (transposed) or a^T g
                 a_part = _pick(a, a_index, start, end)
                 x, y = (g, a_part) if transpose_b else (a_part, g)
-                _reduce_product(grad_b, x, y, b_index, groups, start, end)
-        return grad_a, grad_b, None, None, None, None
+                _reduce_product(grad_b, x, y, b_index, run_length, start, end)
+        return grad_a, grad_b, None, None, None, None, None
 
 
 def gather_matmul(a: Tensor, b: Tensor, a_index: Optional[Tensor] = None,
-                  b_index: Optional[Tensor] = None, transpose_b: bool = False) -> Tensor:
+                  b_index: Optional[Tensor] = None, transpose_b: bool = False,
+                  run_length: RunLength = None) -> Tensor:
     r"""Batched product :math:`\mathbf{O}_e = \mathbf{A}_{a(e)} \, \mathrm{op}(\mathbf{B}_{b(e)})`
     for every edge :math:`e`, where :math:`\mathrm{op}` is the identity or the transpose.
 
     Equal to ``a[a_index] @ b[b_index]`` (``.mT`` on the second with ``transpose_b``), but the
     gathered ``[E, ...]`` operands exist only one chunk at a time, in the forward and in the
     backward pass: autograd keeps the node-level inputs and the indices, not ``E`` copies.
-    When ``b_index`` groups the edges in equal consecutive runs per node (edges sorted by target
-    with a uniform in-degree, see :func:`uniform_groups`), each run is a single matrix product
-    and ``b`` is never gathered.
+    When the caller knows that ``b_index`` groups the edges in equal consecutive runs per node
+    (``b_index[e] == e // run_length``: edges sorted by target with a uniform in-degree, see
+    :func:`~pyg_mefl.data.uniform_in_degree`), each run is a single matrix product and ``b`` is
+    never gathered.
 
     Args:
         a (torch.Tensor): ``[Na, P, Q]`` node-level, or ``[E, P, Q]`` per edge if ``a_index`` is
@@ -152,12 +143,15 @@ def gather_matmul(a: Tensor, b: Tensor, a_index: Optional[Tensor] = None,
         b (torch.Tensor): ``[Nb, Q, R]`` (``[Nb, R, Q]`` with ``transpose_b``), node-level, or
             per edge if ``b_index`` is :obj:`None`.
         a_index, b_index (torch.Tensor, optional): ``[E]`` rows of ``a`` / ``b`` for each edge.
+        run_length (int, optional): ``k`` with ``b_index == arange(E) // k``, a promise the
+            caller makes (it is not checked).
 
     Returns:
         ``[E, P, R]``
     """
     num_edges = (a_index if a_index is not None else b_index if b_index is not None else a).size(0)
-    return _apply_autocast(_GatherMatmul, a, b, a_index, b_index, transpose_b, num_edges)
+    return _apply_autocast(_GatherMatmul, a, b, a_index, b_index, transpose_b, num_edges,
+                           run_length)
 
 
 class _SoftmaxColumnMoments(torch.autograd.Function):
@@ -165,28 +159,27 @@ class _SoftmaxColumnMoments(torch.autograd.Function):
     # the [E, P, R] attention maps are recomputed in the backward pass, never stored.
     @staticmethod
     def forward(ctx, query: Tensor, key: Tensor, gram: Optional[Tensor], source: Tensor,
-                target: Tensor):
+                target: Tensor, run_length: RunLength):
         num_edges, cols = source.numel(), key.size(1)
-        groups = uniform_groups(target)
         mass = query.new_empty(num_edges, cols)
         second = query.new_empty(num_edges) if gram is not None else None
-        per_edge = _per_edge(query, key, groups) + 2 * query.size(1) * cols
-        for start, end in _chunks(num_edges, per_edge, groups[1] if groups else 1):
-            scores = _edge_product(_pick(query, source, start, end), key, target, True, groups,
+        per_edge = _per_edge(query, key, run_length) + 2 * query.size(1) * cols
+        for start, end in _chunks(num_edges, per_edge, run_length):
+            scores = _edge_product(_pick(query, source, start, end), key, target, True, run_length,
                                    start, end)
             attn = torch.softmax(scores, dim=-1)
             torch.sum(attn, dim=1, out=mass[start:end])
             if second is not None:
-                weighted = _edge_product(attn, gram, target, False, groups, start, end)
+                weighted = _edge_product(attn, gram, target, False, run_length, start, end)
                 torch.sum((weighted * attn).flatten(1), dim=1, out=second[start:end])
         ctx.save_for_backward(query, key, gram, source, target)
-        ctx.groups = groups
+        ctx.run_length = run_length
         return mass, second
 
     @staticmethod
     def backward(ctx, grad_mass: Optional[Tensor], grad_second: Optional[Tensor]):
         query, key, gram, source, target = ctx.saved_tensors
-        groups = ctx.groups
+        run_length = ctx.run_length
         num_edges, rows, cols = source.numel(), query.size(1), key.size(1)
         grad_query = torch.zeros_like(query) if ctx.needs_input_grad[0] else None
         grad_key = torch.zeros_like(key) if ctx.needs_input_grad[1] else None
@@ -195,30 +188,31 @@ class _SoftmaxColumnMoments(torch.autograd.Function):
         if grad_mass is None:
             grad_mass = query.new_zeros(num_edges, cols)
         symmetric = gram + gram.transpose(1, 2) if with_second else None  # d tr(AGA^T)/dA
-        per_edge = _per_edge(query, key, groups) + 6 * rows * cols
-        for start, end in _chunks(num_edges, per_edge, groups[1] if groups else 1):
+        per_edge = _per_edge(query, key, run_length) + 6 * rows * cols
+        for start, end in _chunks(num_edges, per_edge, run_length):
             query_part = _pick(query, source, start, end)
-            attn = torch.softmax(_edge_product(query_part, key, target, True, groups, start, end),
-                                 dim=-1)
+            scores = _edge_product(query_part, key, target, True, run_length, start, end)
+            attn = torch.softmax(scores, dim=-1)
             grad_attn = grad_mass[start:end].unsqueeze(1).expand_as(attn)
             if with_second:
                 scale = grad_second[start:end].view(-1, 1, 1)
                 if grad_gram is not None:  # d/dG = A^T A
-                    _reduce_product(grad_gram, attn * scale, attn, target, groups, start, end)
+                    _reduce_product(grad_gram, attn * scale, attn, target, run_length, start, end)
                 grad_attn = grad_attn + scale * _edge_product(attn, symmetric, target, False,
-                                                              groups, start, end)
+                                                              run_length, start, end)
             # softmax: dS = A * (dA - rowsum(dA * A))
             grad_scores = attn * (grad_attn - (grad_attn * attn).sum(dim=-1, keepdim=True))
             if grad_query is not None:  # S = Q_s K_t^T
-                part = _edge_product(grad_scores, key, target, False, groups, start, end)
+                part = _edge_product(grad_scores, key, target, False, run_length, start, end)
                 _accumulate(grad_query, source, start, end, part)
             if grad_key is not None:
-                _reduce_product(grad_key, grad_scores, query_part, target, groups, start, end)
-        return grad_query, grad_key, grad_gram, None, None
+                _reduce_product(grad_key, grad_scores, query_part, target, run_length, start, end)
+        return grad_query, grad_key, grad_gram, None, None, None
 
 
 def softmax_column_moments(query: Tensor, key: Tensor, source: Tensor, target: Tensor,
-                           gram: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
+                           gram: Optional[Tensor] = None,
+                           run_length: RunLength = None) -> Tuple[Tensor, Optional[Tensor]]:
     r"""Column sums and second moments of per-edge attention maps
     :math:`\mathbf{A}_e = \mathrm{softmax}(\mathbf{Q}_{s(e)} \mathbf{K}_{t(e)}^{\top})` (softmax
     over the last axis):
@@ -229,16 +223,18 @@ def softmax_column_moments(query: Tensor, key: Tensor, source: Tensor, target: T
 
     The maps exist one chunk of edges at a time in the forward pass and are recomputed in the
     backward pass, so autograd keeps only the node-level inputs (no ``[E, P, R]`` tensor is
-    saved). Edges grouped by target (:func:`uniform_groups`) share the target's operands as in
-    :func:`gather_matmul`.
+    saved). Edges grouped by target (``target == arange(E) // run_length``) share the target's
+    operands as in :func:`gather_matmul`.
 
     Args:
         query (torch.Tensor): ``[Nq, P, X]`` rows of the source nodes.
         key (torch.Tensor): ``[Nk, R, X]`` rows of the target nodes.
         source, target (torch.Tensor): ``[E]`` node of each edge in ``query`` / ``key``.
         gram (torch.Tensor, optional): ``[Nk, R, R]`` per target node.
+        run_length (int, optional): ``k`` with ``target == arange(E) // k`` (a promise, as in
+            :func:`gather_matmul`).
 
     Returns:
         ``m`` ``[E, R]`` and ``q`` ``[E]`` (:obj:`None` without ``gram``).
     """
-    return _apply_autocast(_SoftmaxColumnMoments, query, key, gram, source, target)
+    return _apply_autocast(_SoftmaxColumnMoments, query, key, gram, source, target, run_length)

@@ -33,6 +33,9 @@ def read_checkpoint(obj) -> Dict[str, Tensor]:
     where = "checkpoint"
     if isinstance(obj, (str, os.PathLike)):
         path = os.fspath(obj)
+        if os.path.isdir(path):
+            raise IsADirectoryError(f"{path}: is a directory; whole-model directories load with "
+                                    f"FaceAUModel.from_pretrained")
         if not os.path.isfile(path):
             raise FileNotFoundError(f"checkpoint file not found: {path}")
         try:

@@ -9,6 +9,16 @@ def _compiling() -> bool:
     return torch.compiler.is_compiling()
 
 
+def check_dtype(tensor: Tensor, dtype: Optional[torch.dtype], name: str,
+                expected_from: str) -> None:
+    """``tensor`` has ``dtype`` (that of ``expected_from``), unless autocast is on for its device:
+    autocast runs mixed dtypes by design."""
+    if dtype is None or tensor.dtype == dtype or torch.is_autocast_enabled(tensor.device.type):
+        return
+    raise TypeError(f"{name}: expected dtype {dtype} ({expected_from}), got {tensor.dtype}; "
+                    f"cast it with .to({dtype}) or convert the module with .to({tensor.dtype})")
+
+
 def check_tokens(tokens, channels: Optional[int], name: str = "tokens", rank: int = 3,
                  finite: bool = True) -> None:
     """``tokens`` is a floating tensor of ``rank`` dimensions with ``channels`` in the last one,
@@ -42,13 +52,27 @@ def check_edge_index(edge_index, num_nodes: int, name: str = "edge_index") -> No
                              f"got values in [{low}, {high}]")
 
 
-def check_edge_attr(edge_attr, num_edges: int, channels: int, name: str = "edge_attr") -> None:
-    """``edge_attr`` is ``[num_edges, channels]``."""
+def check_node_features(x, channels: int, dtype: Optional[torch.dtype] = None,
+                        name: str = "x") -> None:
+    """``x`` is a ``[num_nodes, channels]`` tensor of ``dtype`` (the layer's parameters)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name}: expected a [num_nodes, {channels}] tensor, got "
+                        f"{type(x).__name__}")
+    if x.dim() != 2 or x.size(1) != channels:
+        raise ValueError(f"{name}: expected shape [num_nodes, {channels}] (in_channels), got "
+                         f"{list(x.shape)}")
+    check_dtype(x, dtype, name, "the layer's parameters")
+
+
+def check_edge_attr(edge_attr, num_edges: int, channels: int,
+                    dtype: Optional[torch.dtype] = None, name: str = "edge_attr") -> None:
+    """``edge_attr`` is ``[num_edges, channels]``, of ``dtype`` (the node features')."""
     if not isinstance(edge_attr, Tensor):
         raise TypeError(f"{name}: expected a tensor, got {type(edge_attr).__name__}")
     if edge_attr.dim() != 2 or edge_attr.size(0) != num_edges or edge_attr.size(1) != channels:
         raise ValueError(f"{name}: expected shape [{num_edges}, {channels}] (one row per edge of "
                          f"edge_index), got {list(edge_attr.shape)}")
+    check_dtype(edge_attr, dtype, name, "the dtype of x")
 
 
 def check_labels(labels: Tensor, name: str = "labels") -> None:

@@ -73,3 +73,65 @@ def test_edge_attr_mismatch_in_the_layer():
         layer(x, edge_index, torch.randn(2, 5))
     with pytest.raises(ValueError, match=r"edge_index: node indices must lie in \[0, 3\)"):
         layer(x, torch.tensor([[0, 3], [1, 2]]), torch.randn(2, 4))
+
+
+# ------------------------------------------------------------------------------------------------
+# Beyond the shapes: empty batches, dtypes, node widths, directories
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+@pytest.mark.parametrize("edge_head", [False, True])
+def test_empty_batch_gives_empty_outputs(training, edge_head):
+    """A video frame without a face is a normal case: zero rows out, the model untouched."""
+    model = MEFL(8, num_main_aus=4, num_sub_aus=2, sub_au_sources=[0, 3],
+                 edge_head=edge_head).train(training)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model(torch.randn(0, 5, 8)).shape == (0, 6)
+    out = model(torch.randn(0, 5, 8), return_edges=True)
+    assert out.probs.shape == (0, 6)
+    assert out.edge_attr.shape == (0, 16, 8)
+    assert (out.edge_logits.shape == (0, 16, 4)) if edge_head else out.edge_logits is None
+    for key, value in model.state_dict().items():  # no running statistics moved
+        assert torch.equal(value, state[key]), key
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_tokens_of_another_dtype_than_the_model(model, dtype):
+    tokens = torch.randn(2, 3, 8).to(dtype)
+    with pytest.raises(TypeError, match=rf"tokens: expected dtype torch.float32 \(the model's "
+                                        rf"parameters\), got {dtype}"):
+        model(tokens)
+    data = face_graph(tokens[0], 4)
+    with pytest.raises(TypeError, match=rf"data.tokens: expected dtype torch.float32 .*{dtype}"):
+        model(data)
+    assert model.double()(tokens.double()).dtype == torch.float64  # converted model: fine
+    model.float()
+
+
+def test_layer_node_features_of_the_wrong_width_or_dtype():
+    layer = GatedGNNLayer(4, norm=None)
+    edge_index = torch.tensor([[0, 1], [1, 2]])
+    with pytest.raises(ValueError, match=r"x: expected shape \[num_nodes, 4\] \(in_channels\), "
+                                         r"got \[3, 5\]"):
+        layer(torch.randn(3, 5), edge_index, torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"x: expected shape \[num_nodes, 4\].*got \[3\]"):
+        layer(torch.randn(3), edge_index, torch.randn(2, 4))
+    with pytest.raises(TypeError, match=r"x: expected dtype torch.float32 \(the layer's "
+                                        r"parameters\), got torch.float64"):
+        layer(torch.randn(3, 4, dtype=torch.float64), edge_index, torch.randn(2, 4))
+    with pytest.raises(TypeError, match=r"edge_attr: expected dtype torch.float32 \(the dtype "
+                                        r"of x\), got torch.float16"):
+        layer(torch.randn(3, 4), edge_index, torch.randn(2, 4).half())
+
+
+def test_layer_mixed_dtypes_run_under_autocast():
+    layer = GatedGNNLayer(4, norm=None)
+    edge_index = torch.tensor([[0, 1], [1, 2]])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, edges = layer(torch.randn(3, 4), edge_index, torch.randn(2, 4).bfloat16())
+    assert torch.isfinite(out.float()).all() and torch.isfinite(edges.float()).all()
+
+
+def test_from_pretrained_on_a_directory(tmp_path):
+    with pytest.raises(IsADirectoryError, match=r"is a directory; whole-model directories load "
+                                                r"with FaceAUModel.from_pretrained"):
+        MEFL.from_pretrained(tmp_path)

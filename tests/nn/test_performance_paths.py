@@ -1,8 +1,9 @@
 """The fast paths of pyg_mefl agree with the generic ones (float64, values and gradients).
 
-Fast paths: grouped products in ``gather_matmul`` (edges in equal runs per node), the chunked
-``softmax_column_moments`` that recomputes attention maps in its backward pass, the GEM's
-face-token basis, and the reshape softmax/aggregation of ``GatedGNNLayer`` on uniform graphs.
+Fast paths: grouped products in ``gather_matmul`` (edges in equal runs per node, a fact the
+caller states), the chunked ``softmax_column_moments`` that recomputes attention maps in its
+backward pass, the GEM's face-token basis, and the reshape softmax/aggregation of
+``GatedGNNLayer`` on uniform graphs (``in_degree``).
 No timing here: see benchmarks/bench_mefl.py.
 """
 import pytest
@@ -10,9 +11,9 @@ import torch
 from torch_geometric.data import Batch
 
 import pyg_mefl.nn.ops as ops
-from pyg_mefl import (MEFL, GatedGNNLayer, GraphEdgeModel, complete_au_graph, edge_slots,
-                      face_graph, gather_matmul)
-from pyg_mefl.nn.ops import softmax_column_moments, uniform_groups
+from pyg_mefl import (MEFL, GatedGNNLayer, GraphEdgeModel, GraphLayout, complete_au_graph,
+                      edge_slots, face_graph, gather_matmul, uniform_in_degree)
+from pyg_mefl.nn.ops import softmax_column_moments
 
 DTYPE = torch.float64
 
@@ -31,28 +32,52 @@ def _grads(out, inputs, seed=0):
 
 
 # ------------------------------------------------------------------------------------------------
-# uniform_groups
+# uniform_in_degree: decided once where a graph is built
 
-@pytest.mark.parametrize("index,expected", [
-    ([0, 0, 1, 1, 2, 2], (0, 2)),
-    ([3, 3, 3, 4, 4, 4], (3, 3)),
-    ([5], (5, 1)),
-    ([0, 1, 2, 3], (0, 1)),
-    ([0, 0, 1, 1, 1], None),       # uneven runs
-    ([0, 0, 2, 2], None),          # a gap
-    ([1, 1, 0, 0], None),          # not increasing
-    ([0, 1, 0, 1], None),          # interleaved
-    ([], None),
+@pytest.mark.parametrize("target,num_nodes,expected", [
+    ([0, 0, 1, 1, 2, 2], 3, 2),
+    ([0, 1, 2, 3], 4, 1),
+    ([0, 0, 1, 1, 2, 2], 4, None),  # node 3 receives nothing
+    ([1, 1, 2, 2], 2, None),        # runs do not start at node 0
+    ([0, 0, 1, 1, 1], 2, None),     # uneven runs
+    ([1, 1, 0, 0], 2, None),        # not increasing
+    ([0, 1, 0, 1], 2, None),        # interleaved
+    ([], 3, None),
 ])
-def test_uniform_groups(index, expected):
-    assert uniform_groups(torch.tensor(index, dtype=torch.long)) == expected
+def test_uniform_in_degree(target, num_nodes, expected):
+    target = torch.tensor(target, dtype=torch.long)
+    edge_index = torch.stack([torch.zeros_like(target), target])
+    assert uniform_in_degree(edge_index, num_nodes) == expected
+
+
+def test_face_graph_records_its_layout():
+    tokens = torch.randn(3, 4)
+    assert face_graph(tokens, 5).graph_layout == GraphLayout(5, 5, True)
+    sparse = face_graph(tokens, 3, edge_index=torch.tensor([[0, 1, 2], [1, 0, 0]]))
+    assert sparse.graph_layout == GraphLayout(3, None, True)
+    batch = Batch.from_data_list([face_graph(tokens, 4), face_graph(tokens, 4)])
+    assert GraphLayout.of_batch(batch.graph_layout) == GraphLayout(4, 4, True)
+    mixed = Batch.from_data_list([face_graph(tokens, 4), face_graph(tokens, au_ids=[0, 2])])
+    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(None, None, True)
+    mixed = Batch.from_data_list([face_graph(tokens, 4), sparse])
+    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(None, None, True)
+
+
+def test_stale_layout_is_refused():
+    model = MEFL(8, num_main_aus=3, num_sub_aus=0).eval()
+    data = face_graph(torch.randn(4, 8), 3)
+    data.edge_index = data.edge_index.flip(1)  # edited after it was built
+    with pytest.raises(ValueError, match="data.graph_layout: the graph no longer has in_degree=3"):
+        model(data)
+    data.graph_layout = GraphLayout()  # states no facts: the generic paths
+    assert model(data).shape == (1, 3)
 
 
 # ------------------------------------------------------------------------------------------------
 # gather_matmul
 
 def _index_cases(num_edges, num_a, num_b, k, generator):
-    grouped = torch.arange(num_edges // k).repeat_interleave(k) + 1  # runs of k, offset 1
+    grouped = torch.arange(num_edges // k).repeat_interleave(k)  # runs of k
     shuffled = torch.randint(0, num_b, (num_edges,), generator=generator)
     return {
         "both-gathered": (torch.randint(0, num_a, (num_edges,), generator=generator), shuffled),
@@ -76,7 +101,8 @@ def test_gather_matmul_matches_indexing(case, transpose_b, chunked):
     b = torch.randn(num_b if b_index is not None else num_edges, *b_shape, dtype=DTYPE,
                     generator=generator, requires_grad=True)
 
-    out = gather_matmul(a, b, a_index, b_index, transpose_b=transpose_b)
+    run_length = k if "grouped" in case else None
+    out = gather_matmul(a, b, a_index, b_index, transpose_b=transpose_b, run_length=run_length)
     a_rows = a if a_index is None else a[a_index]
     b_rows = b if b_index is None else b[b_index]
     expected = a_rows @ (b_rows.transpose(1, 2) if transpose_b else b_rows)
@@ -94,8 +120,9 @@ def test_gather_matmul_gradcheck(case, transpose_b, chunked):
                     requires_grad=True)
     b = torch.randn(4, *((2, 3) if transpose_b else (3, 2)), dtype=DTYPE, generator=generator,
                     requires_grad=True)
+    run_length = 2 if "grouped" in case else None
     assert torch.autograd.gradcheck(
-        lambda a, b: gather_matmul(a, b, a_index, b_index, transpose_b=transpose_b), (a, b))
+        lambda a, b: gather_matmul(a, b, a_index, b_index, transpose_b, run_length), (a, b))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,15 +148,16 @@ def _moment_inputs(grouped, with_gram, generator, num_nodes=5, k=3, rows=4, cols
         factor = torch.randn(num_nodes, cols, 5, dtype=DTYPE, generator=generator)
         gram = factor @ factor.transpose(1, 2)
         gram.requires_grad_()
-    return query.requires_grad_(), key.requires_grad_(), gram, source, target
+    return (query.requires_grad_(), key.requires_grad_(), gram, source, target,
+            k if grouped else None)
 
 
 @pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "gathered"])
 @pytest.mark.parametrize("with_gram", [True, False], ids=["gram", "no-gram"])
 def test_softmax_column_moments_matches_naive(grouped, with_gram, chunked):
     generator = torch.Generator().manual_seed(2)
-    query, key, gram, source, target = _moment_inputs(grouped, with_gram, generator)
-    mass, second = softmax_column_moments(query, key, source, target, gram)
+    query, key, gram, source, target, runs = _moment_inputs(grouped, with_gram, generator)
+    mass, second = softmax_column_moments(query, key, source, target, gram, runs)
     want_mass, want_second = _naive_moments(query, key, source, target, gram)
     torch.testing.assert_close(mass, want_mass, rtol=1e-12, atol=1e-12)
     inputs = tuple(t for t in (query, key, gram) if t is not None)
@@ -149,12 +177,12 @@ def test_softmax_column_moments_matches_naive(grouped, with_gram, chunked):
 @pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "gathered"])
 def test_softmax_column_moments_gradcheck(grouped, chunked):
     generator = torch.Generator().manual_seed(3)
-    query, key, gram, source, target = _moment_inputs(grouped, True, generator, num_nodes=3, k=2,
-                                                      rows=3, cols=2, width=2)
+    query, key, gram, source, target, runs = _moment_inputs(grouped, True, generator, num_nodes=3,
+                                                            k=2, rows=3, cols=2, width=2)
     assert torch.autograd.gradcheck(
-        lambda q, k, g: softmax_column_moments(q, k, source, target, g), (query, key, gram))
+        lambda q, k, g: softmax_column_moments(q, k, source, target, g, runs), (query, key, gram))
     assert torch.autograd.gradcheck(
-        lambda q, k: softmax_column_moments(q, k, source, target)[0], (query, key))
+        lambda q, k: softmax_column_moments(q, k, source, target, None, runs)[0], (query, key))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -190,16 +218,18 @@ def test_gem_face_basis_matches_generic(graph, training, chunked):
     num_faces, num_aus = 3, 4
     x, node_tokens, au_id, batch = _gem_inputs(num_faces, num_aus)
     edge_index = complete_au_graph(num_aus, num_faces)
+    layout = GraphLayout(num_aus, num_aus, True)
     if graph == "sparse-shuffled":  # uneven in-degree, edges in random order
         keep = torch.rand(edge_index.size(1), generator=torch.Generator().manual_seed(6)) < 0.6
         edge_index = edge_index[:, keep]
         edge_index = edge_index[:, torch.randperm(edge_index.size(1))]
+        layout = GraphLayout(num_aus, None, True)
     slot = edge_slots(edge_index, au_id, num_aus)
     fast, generic = _gem_pair(num_aus)
     fast.train(training)
     generic.train(training)
-    assert fast._use_face_basis(x, edge_index, batch)
-    out = fast(x, node_tokens, edge_index, batch, slot)
+    assert fast._use_face_basis(x, layout)
+    out = fast(x, node_tokens, edge_index, batch, slot, layout)
     expected = generic(x, node_tokens, edge_index, batch, slot)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     params = (x, node_tokens) + tuple(fast.parameters())
@@ -218,18 +248,19 @@ def test_gem_edges_across_faces_use_the_generic_path():
     x, node_tokens, au_id, batch = _gem_inputs(2, 3)
     edge_index = torch.tensor([[0, 3, 1], [4, 1, 1]])  # 0 -> 4 and 3 -> 1 join two faces
     fast, generic = _gem_pair(3)
-    assert not fast._use_face_basis(x, edge_index, batch)
+    layout = GraphLayout(3, None, False)
+    assert not fast._use_face_basis(x, layout)
     slot = edge_slots(edge_index, au_id, 3)
     fast.eval()
     generic.eval()
-    torch.testing.assert_close(fast(x, node_tokens, edge_index, batch, slot),
-                               generic(x, node_tokens, edge_index, batch, slot))
+    torch.testing.assert_close(fast(x, node_tokens, edge_index, batch, slot, layout),
+                               generic(x, node_tokens, edge_index, batch, slot, layout))
 
 
 def test_gem_face_basis_off_when_tokens_exceed_query_channels():
     x, node_tokens, au_id, batch = _gem_inputs(tokens=9, channels=16)  # D = 9 > C/2 = 8
     fast, _ = _gem_pair(4)
-    assert not fast._use_face_basis(x, complete_au_graph(4, 3), batch)
+    assert not fast._use_face_basis(x, GraphLayout(4, 4, True))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -245,9 +276,8 @@ def test_gnn_uniform_fast_path_matches_scatter_path(norm, training, aggr):
     layer = GatedGNNLayer(channels, norm=norm, num_node_slots=num_aus,
                           num_edge_slots=num_aus ** 2, aggr=aggr).to(DTYPE).train(training)
     edge_index = complete_au_graph(num_aus, num_faces)  # runs of num_aus edges per target
-    assert uniform_groups(edge_index[1]) == (0, num_aus)
+    assert uniform_in_degree(edge_index, num_faces * num_aus) == num_aus
     perm = torch.randperm(edge_index.size(1), generator=generator)  # same graph, scatter path
-    assert uniform_groups(edge_index[1, perm]) is None
     au_id = torch.arange(num_aus).repeat(num_faces)
     x = torch.randn(num_faces * num_aus, channels, dtype=DTYPE, generator=generator,
                     requires_grad=True)
@@ -255,7 +285,7 @@ def test_gnn_uniform_fast_path_matches_scatter_path(norm, training, aggr):
                             requires_grad=True)
     slot = edge_slots(edge_index, au_id, num_aus)
 
-    out, edges = layer(x, edge_index, edge_attr, au_id, slot)
+    out, edges = layer(x, edge_index, edge_attr, au_id, slot, in_degree=num_aus)
     out_ref, edges_ref = layer(x, edge_index[:, perm], edge_attr[perm], au_id, slot[perm])
     torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(edges[perm], edges_ref, rtol=1e-10, atol=1e-10)
@@ -265,16 +295,16 @@ def test_gnn_uniform_fast_path_matches_scatter_path(norm, training, aggr):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
 
 
-def test_gnn_uniform_runs_with_leading_and_trailing_isolated_nodes():
-    """Runs covering nodes 2..4 of 7: nodes 0, 1, 5, 6 receive nothing (x' = U x)."""
+def test_gnn_uniform_runs_with_trailing_isolated_nodes():
+    """Runs covering nodes 0..2 of 6: nodes 3, 4, 5 receive nothing (x' = U x)."""
     torch.manual_seed(8)
     layer = GatedGNNLayer(6, norm=None).to(DTYPE).eval()
-    target = torch.arange(2, 5).repeat_interleave(2)
-    source = torch.tensor([0, 1, 5, 6, 2, 3])
+    target = torch.arange(3).repeat_interleave(2)
+    source = torch.tensor([0, 1, 5, 4, 2, 3])
     edge_index = torch.stack([source, target])
-    x = torch.randn(7, 6, dtype=DTYPE)
+    x = torch.randn(6, 6, dtype=DTYPE)
     edge_attr = torch.randn(6, 6, dtype=DTYPE)
-    out, _ = layer(x, edge_index, edge_attr)
+    out, _ = layer(x, edge_index, edge_attr, in_degree=2)
     perm = torch.tensor([5, 0, 3, 1, 4, 2])
     out_ref, _ = layer(x, edge_index[:, perm], edge_attr[perm])
     torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)
@@ -340,8 +370,8 @@ def test_custom_functions_under_bf16_autocast():
     index = torch.arange(4).repeat_interleave(2)
     source = torch.randint(0, 4, (8,), generator=generator)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = gather_matmul(a, b, source, index, transpose_b=True)
-        mass, _ = softmax_column_moments(a, b, source, index)
+        out = gather_matmul(a, b, source, index, transpose_b=True, run_length=2)
+        mass, _ = softmax_column_moments(a, b, source, index, run_length=2)
     assert out.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), a[source] @ b[index].transpose(1, 2), rtol=0.05,
                                atol=0.1)
