@@ -56,10 +56,11 @@ class Source:
 
 @dataclass
 class Frame:
-    """One face image to predict: its RGB ``image``, the ``source`` it came from, for videos the
-    frame number and its time in seconds, and ``warning`` (a note on a conversion, or None)."""
+    """One face image to predict: its RGB ``image`` (dropped once preprocessed unless it is to be
+    drawn), the ``source`` it came from, for videos the frame number (in decoding order) and its
+    time in seconds (from its timestamp), and ``warning`` (a note on a conversion, or None)."""
     source: Source
-    image: Image.Image
+    image: Optional[Image.Image]
     index: Optional[int] = None
     time: Optional[float] = None
     warning: Optional[str] = None

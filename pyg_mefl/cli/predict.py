@@ -12,7 +12,7 @@ import queue
 import sys
 import threading
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, TextIO
 
@@ -126,8 +126,9 @@ def prepare_for_inference(model, device: torch.device):
 
 
 def _reader(sources: Sequence[Source], transform: Callable, fps: Optional[float], min_size: int,
-            out: "queue.Queue") -> None:
-    """Put ``(frame, tensor)`` or ``InputError`` on ``out`` in input order, then ``None``."""
+            keep_images: bool, out: "queue.Queue") -> None:
+    """Put ``(frame, tensor)`` or ``InputError`` on ``out`` in input order, then ``None``; the
+    frames keep their decoded image only if ``keep_images``."""
     try:
         for source in sources:
             late: List[InputError] = []
@@ -135,7 +136,8 @@ def _reader(sources: Sequence[Source], transform: Callable, fps: Optional[float]
                 frames = ([read_image(source, min_size)] if source.kind == "image"
                           else read_video(source, fps, min_size, late))
                 for frame in frames:
-                    out.put((frame, transform(frame.image)))
+                    tensor = transform(frame.image)
+                    out.put((frame if keep_images else replace(frame, image=None), tensor))
             except InputError as error:
                 out.put(error)
             for error in late:
@@ -146,11 +148,11 @@ def _reader(sources: Sequence[Source], transform: Callable, fps: Optional[float]
 
 
 def read_ahead(sources: Sequence[Source], transform: Callable, fps: Optional[float],
-               min_size: int, depth: int) -> Iterator:
+               min_size: int, keep_images: bool, depth: int) -> Iterator:
     """The reader's items, produced by a background thread at most ``depth`` items ahead."""
     items: "queue.Queue" = queue.Queue(maxsize=depth)
-    thread = threading.Thread(target=_reader, args=(sources, transform, fps, min_size, items),
-                              daemon=True)
+    thread = threading.Thread(target=_reader, daemon=True,
+                              args=(sources, transform, fps, min_size, keep_images, items))
     thread.start()
     while True:
         item = items.get()
@@ -223,7 +225,8 @@ def predict_sources(model, sources: Sequence[Source], writer: CSVWriter, batch_s
             report(line)
 
     with bar:
-        for item in read_ahead(sources, model.transform, fps, min_size, depth=2 * batch_size):
+        for item in read_ahead(sources, model.transform, fps, min_size,
+                               keep_images=draw_dir is not None, depth=2 * batch_size):
             if isinstance(item, InputError):
                 summary.problems.append(item)
                 say(f"error: {item}")

@@ -198,3 +198,21 @@ def test_exit_status_and_one_line_errors_from_a_fresh_process(tmp_path, model_fi
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"pyg_mefl predict: error: {checkpoint}")
     assert "resnet50" in lines[0] and "resnet18" in lines[0]
+
+
+def test_bad_options_stop_the_run_with_one_line_and_status_2(tmp_path, model_file, capsys):
+    checkpoint, _ = model_file
+    face = _faces(tmp_path / "faces") / "a.jpg"
+    cases = {("--device", "gpu0"): "--device: expected a torch device such as cpu or cuda:0",
+             ("--out", str(tmp_path / "no" / "such" / "dir.csv")):
+                 f"--out {tmp_path / 'no' / 'such' / 'dir.csv'}: cannot write",
+             ("--checkpoint", str(face)): f"{face}: "}
+    for options, start in cases.items():
+        argv = ["predict", "--checkpoint", str(checkpoint), "--quiet", *options, str(face)]
+        assert main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"pyg_mefl predict: error: {start}"), lines
+    with pytest.raises(SystemExit) as info:
+        main(["predict", "--checkpoint", str(checkpoint), "--batch-size", "0", str(face)])
+    assert info.value.code == 2
+    assert "--batch-size: expected a positive integer, got '0'" in capsys.readouterr().err
