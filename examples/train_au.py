@@ -7,23 +7,35 @@ Data (one of):
     --data-root DIR --dataset NAME --fold K  images in the ME-GraphAU list layout, through
                                              --backbone cnn (built-in) or resnet50 (torchvision)
 
-Writes into --out: checkpoint.pt (every epoch, atomic; --resume continues it exactly),
-best.pt (best validation mean F1), metrics.json (test metrics of the best weights and two
-baselines), f1_per_au.png, au_relations.png and training_curves.png.
+Token features go through --token-norm (fitted on the training split) before the model; each
+AU is decided at a threshold calibrated on the validation split. Writes into --out:
+checkpoint.pt (every epoch, atomic; --resume continues it exactly), best.pt (the weights of the
+best validation mean F1, with the thresholds and the fitted token normalisation:
+pyg_mefl.transforms.load_token_norm rebuilds it), metrics.json (test metrics of the best weights
+at the thresholds and at 0.5, and two baselines), f1_per_au.png, au_relations.png and
+training_curves.png.
 
     python examples/train_au.py --out runs/demo
+    torchrun --standalone --nproc_per_node=2 examples/train_au.py --out runs/demo2
+
+Under torchrun each process trains on its shard of every global batch of --batch-size; rank 0
+writes the files.
 """
 import argparse
+import copy
 import json
 import math
 import os
 import random
+import signal
 import sys
 import time
+from datetime import timedelta
 
 import matplotlib
 import numpy
 import torch
+from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
 
 matplotlib.use("Agg")
@@ -36,8 +48,16 @@ from pyg_mefl.data.datasets import (ImageListFaceDataset, SyntheticFaceDataset, 
 from pyg_mefl.train.losses import MEFLLoss, au_class_weights  # noqa: E402
 from pyg_mefl.train.metrics import AUMetrics  # noqa: E402
 from pyg_mefl.models import FaceAUModel  # noqa: E402
-from pyg_mefl.train import au_relations, evaluate, fit, linear_probe, pooled_tokens  # noqa: E402
-from pyg_mefl.train.checkpoints import BEST  # noqa: E402
+from pyg_mefl.train import au_relations, evaluate, fit  # noqa: E402
+from pyg_mefl.train.baselines import face_tokens, ridge_probe  # noqa: E402
+from pyg_mefl.train.checkpoints import load_training_checkpoint  # noqa: E402
+from pyg_mefl.train.schedule import LR_SCHEDULES, warmup_cosine_schedule  # noqa: E402
+from pyg_mefl.train.token_norm_choice import AUTO_CANDIDATES, choose_token_norm  # noqa: E402
+from pyg_mefl.transforms import TOKEN_NORM_STEPS, TokenNorm  # noqa: E402
+from pyg_mefl.transforms.token_norm import CHECKPOINT_KEY as TOKEN_NORM_KEY  # noqa: E402
+from pyg_mefl.train.checkpoints import BEST, CHECKPOINT  # noqa: E402
+from pyg_mefl.train.distributed import (close_distributed, init_distributed,  # noqa: E402
+                                        is_main_process, rank, world_size)
 
 
 def parse_args(argv=None):
@@ -54,19 +74,87 @@ def parse_args(argv=None):
     parser.add_argument("--channels", type=int, default=None,
                         help="token width C of the image backbone (default: 64 cnn, 512 resnet50)")
     parser.add_argument("--num-faces", type=int, default=2000, help="synthetic faces")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                        help="most epochs (early stopping may end sooner)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-2,
-                        help="AdamW learning rate (tuned for the synthetic demo; ME-GraphAU "
-                        "trains ResNet-50 models at 1e-4)")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR,
+                        help="AdamW peak learning rate (chosen on the synthetic families of "
+                        "benchmarks/training_suite; ME-GraphAU trains ResNet-50 models at 1e-4)")
+    parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="warmup-cosine",
+                        help="linear warm-up then cosine decay over --epochs, or constant")
+    parser.add_argument("--warmup-epochs", type=float, default=DEFAULT_WARMUP_EPOCHS,
+                        help="epochs of linear learning-rate warm-up")
+    parser.add_argument("--patience", type=int, default=DEFAULT_PATIENCE,
+                        help="stop after this many epochs without a better validation mean F1 "
+                        "(0: never)")
+    parser.add_argument("--token-norm", type=_token_norm_name, default=DEFAULT_TOKEN_NORM,
+                        help="token normalisation fitted on the training split: 'auto' (chosen "
+                        f"on the training data from {list(AUTO_CANDIDATES)}), 'none', or steps "
+                        f"from {sorted(TOKEN_NORM_STEPS)} joined with '+' (token features only)")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
     parser.add_argument("--lam", type=float, default=0.05,
                         help="weight of the edge relation loss (0: no edge head)")
     parser.add_argument("--out", default="runs/train_au", help="output folder")
     parser.add_argument("--resume", help="checkpoint.pt to continue from")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda (under torchrun: each process takes cuda:LOCAL_RANK)")
+    parser.add_argument("--dist-timeout", type=float, default=600,
+                        help="under torchrun: seconds a process waits for the others in a "
+                        "collective before it gives up")
     return parser.parse_args(argv)
+
+
+# The recipe chosen on benchmarks/training_suite (see its README): every family, not the demo.
+DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_WARMUP_EPOCHS, DEFAULT_PATIENCE = 10, 1e-2, 1.0, 3
+DEFAULT_TOKEN_NORM = "auto"
+
+
+def _token_norm_name(name):
+    if name != "auto":
+        TokenNorm(name)  # a ValueError names the steps it takes
+    return name
+
+
+def resumed_token_norm(args):
+    """The token normalisation of the checkpoint to resume (``None`` without ``--resume``);
+    a resumed run keeps it."""
+    if args.resume is None:
+        return None
+    saved = load_training_checkpoint(args.resume).get(TOKEN_NORM_KEY)
+    name = "none" if saved is None else saved["name"]
+    if args.token_norm not in ("auto", name):
+        raise ValueError(f"resume: {args.resume} was trained with --token-norm {name}, this run "
+                         f"has --token-norm {args.token_norm}")
+    return name
+
+
+def build_token_norm(args, train, val, backbone):
+    """The token normalisation, chosen (``auto``) and fitted on the training faces (``none``
+    for image data)."""
+    if backbone is not None:
+        if args.token_norm not in ("none", "auto"):
+            raise ValueError(f"--token-norm {args.token_norm}: token normalisation applies to "
+                             f"token features; with --data-root the backbone learns its tokens")
+        return TokenNorm("none")
+    train_tokens = train.tokens[train.index_tensor()]
+    name = resumed_token_norm(args) or args.token_norm
+    if name == "auto":
+        name, scores = choose_token_norm(train_tokens, train.face_labels(),
+                                         val.tokens[val.index_tensor()], val.face_labels(),
+                                         seed=args.seed)
+        if is_main_process():
+            print(f"token normalisation: {name} (auto: validation mean F1 of a token-wise MLP "
+                  + ", ".join(f"{key} {value:.1f}" for key, value in scores.items()) + ")",
+                  flush=True)
+    token_norm = TokenNorm(name)
+    return token_norm.fit([Data(tokens=train_tokens)]) if token_norm.needs_fit else token_norm
+
+
+def with_transform(part, transform):
+    part = copy.copy(part)
+    part.transform = transform
+    return part
 
 
 def build_data(args):
@@ -124,7 +212,9 @@ def curves_plot(path, history):
     left.plot(epochs, [h["train_loss"] for h in history], marker="o")
     left.set_xlabel("epoch")
     left.set_ylabel("train loss")
-    right.plot(epochs, [h["val_mean_f1"] for h in history], marker="o", label="mean F1")
+    right.plot(epochs, [h.get("val_mean_f1_calibrated", math.nan) for h in history],
+               marker="o", label="mean F1 (calibrated thresholds)")
+    right.plot(epochs, [h["val_mean_f1"] for h in history], marker="o", label="mean F1 at 0.5")
     right.plot(epochs, [h["val_accuracy"] for h in history], marker="o", label="accuracy")
     right.set_xlabel("epoch")
     right.set_ylabel("validation (%)")
@@ -140,13 +230,19 @@ def main(argv=None):
     random.seed(args.seed)
     numpy.random.seed(args.seed)
     torch.manual_seed(args.seed)
-    device = torch.device(args.device)
+    device = init_distributed(args.device, timedelta(seconds=args.dist_timeout))
+    main_process = is_main_process()
     dataset, backbone = build_data(args)
-    train, val, test = (dataset.subset(split) for split in ("train", "val", "test"))
-    print(f"data: {len(train)} train, {len(val)} val, {len(test)} test faces, "
-          f"{dataset.num_aus} AUs", flush=True)
+    raw = [dataset.subset(split) for split in ("train", "val", "test")]
+    token_norm = build_token_norm(args, raw[0], raw[1], backbone)
+    train, val, test = (with_transform(part, token_norm) for part in raw)
+    if main_process:
+        print(f"data: {len(train)} train, {len(val)} val, {len(test)} test faces, "
+              f"{dataset.num_aus} AUs" + (f", {world_size()} processes sharing each batch of "
+                                          f"{args.batch_size}" if world_size() > 1 else ""),
+              flush=True)
 
-    channels = backbone.out_channels if backbone is not None else dataset.tokens.size(-1)
+    channels = backbone.out_channels if backbone is not None else train[0].tokens.size(-1)
     head = MEFL(channels, dataset.num_aus, num_sub_aus=0, edge_head=args.lam > 0,
                 au_names=dataset.au_names)
     model = FaceAUModel(head, backbone).to(device)
@@ -157,26 +253,43 @@ def main(argv=None):
                               generator=generator)
     val_loader = DataLoader(val, batch_size=args.batch_size)
     test_loader = DataLoader(test, batch_size=args.batch_size)
+    steps = args.epochs * math.ceil(len(train) / args.batch_size)
+    scheduler = None if args.lr_schedule == "constant" else warmup_cosine_schedule(
+        optimizer, steps, min(steps, round(args.warmup_epochs * steps / args.epochs)))
 
     history = fit(model, optimizer, loss_fn, train_loader, val_loader, args.epochs, args.out,
-                  resume=args.resume, device=device, log=lambda line: print(line, flush=True))
+                  resume=args.resume, device=device, log=lambda line: print(line, flush=True),
+                  scheduler=scheduler, calibrate=True, patience=args.patience or None,
+                  extra_state={TOKEN_NORM_KEY: token_norm.state_dict()})
 
-    model.load_state_dict(torch.load(os.path.join(args.out, BEST), map_location=device,
-                                     weights_only=True)["model"])
-    result = evaluate(model, test_loader, device)
+    best = torch.load(os.path.join(args.out, BEST), map_location="cpu", weights_only=True)
+    model.load_state_dict(best["model"])
+    thresholds = best.get("thresholds")  # absent from runs before calibration
+    # every process: its shard, counts reduced
+    result = evaluate(model, test_loader, device, thresholds)
+    at_half = evaluate(model, test_loader, device)
+    if not main_process:
+        return None
     names = head.au_names
-    train_x, train_y = pooled_tokens(model, DataLoader(train, batch_size=args.batch_size), device)
-    test_x, test_y = pooled_tokens(model, test_loader, device)
-    all_positive, probe = AUMetrics(len(names)), AUMetrics(len(names))
+    # baselines on the tokens as given (through the trained backbone for images)
+    (train_x, train_y), (val_x, val_y), (test_x, test_y) = (
+        face_tokens(model, DataLoader(part, batch_size=args.batch_size), device) for part in raw)
+    probe = ridge_probe(train_x.flatten(1), train_y, val_x.flatten(1), val_y, test_x.flatten(1))
+    all_positive, ridge = AUMetrics(len(names)), AUMetrics(len(names), probe.thresholds)
     all_positive.update(torch.ones(test_y.shape), test_y)
-    probe.update(linear_probe(train_x, train_y, test_x), test_y)
+    ridge.update(probe.scores, test_y)
     metrics = {
         "mean_f1": result["mean_f1"],
+        "mean_f1_at_0.5": at_half["mean_f1"],
         "f1": dict(zip(names, result["f1"].tolist())),
         "accuracy": result["accuracy"],
+        "thresholds": None if thresholds is None else dict(zip(names, thresholds.tolist())),
+        "token_norm": token_norm.name,
         "baseline_all_positive_f1": all_positive.compute()["mean_f1"],
-        "baseline_linear_probe_f1": probe.compute()["mean_f1"],
+        "baseline_ridge_probe_f1": ridge.compute()["mean_f1"],
         "history": history,
+        "world_size": world_size(),
+        "batch_size": args.batch_size,
         "seconds": time.perf_counter() - began,
     }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:
@@ -187,14 +300,37 @@ def main(argv=None):
     relation_plot(os.path.join(args.out, "au_relations.png"), names,
                   *au_relations(model, test_loader, device))
     curves_plot(os.path.join(args.out, "training_curves.png"), history)
-    print(f"test mean F1 {metrics['mean_f1']:.2f}  accuracy {metrics['accuracy']:.2f}  |  "
-          f"baselines: all-positive {metrics['baseline_all_positive_f1']:.2f}, linear probe "
-          f"{metrics['baseline_linear_probe_f1']:.2f}  |  {metrics['seconds']:.0f} s, "
+    print(f"test mean F1 {metrics['mean_f1']:.2f} (at 0.5: {metrics['mean_f1_at_0.5']:.2f})  "
+          f"accuracy {metrics['accuracy']:.2f}  |  baselines: all-positive "
+          f"{metrics['baseline_all_positive_f1']:.2f}, ridge probe on the tokens "
+          f"{metrics['baseline_ridge_probe_f1']:.2f}  |  {metrics['seconds']:.0f} s, "
           f"outputs in {args.out}")
     return metrics
 
 
+def _resume_hint():
+    out = parse_args().out
+    return f"continue with --resume {os.path.join(out, CHECKPOINT)}" \
+        if os.path.exists(os.path.join(out, CHECKPOINT)) else "no checkpoint was written yet"
+
+
+def _lost_a_process(error):
+    # NCCL raises DistError; gloo a RuntimeError from its transport ("Connection closed by
+    # peer", "Timed out") when another process died or stopped answering
+    return isinstance(error, torch.distributed.DistError) or \
+        world_size() > 1 and "gloo" in str(error)
+
+
+def _stopped_by_launcher(signum, frame):
+    # torchrun stops the other processes when one fails (e.g. killed): say so, in one line
+    print(f"train_au.py: rank {rank()}: stopped by the launcher (signal {signum}) because "
+          f"another process of the job failed; {_resume_hint()}", file=sys.stderr, flush=True)
+    os._exit(1)
+
+
 if __name__ == "__main__":
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        signal.signal(signal.SIGTERM, _stopped_by_launcher)
     try:
         main()
     except (FileNotFoundError, KeyError, TypeError, ValueError, ModuleNotFoundError) as error:
@@ -202,3 +338,12 @@ if __name__ == "__main__":
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"train_au.py: error: {message}", file=sys.stderr)
         sys.exit(2)
+    except RuntimeError as error:
+        if not _lost_a_process(error):
+            raise
+        print(f"train_au.py: rank {rank()}: the distributed job lost a process "
+              f"({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+              f"{_resume_hint()}", file=sys.stderr)
+        sys.exit(1)
+    finally:
+        close_distributed()
