@@ -116,7 +116,8 @@ def run_config(args, log, mode: str, batch: int, num: int) -> dict:
     skip = ("--skip-dense" if args.skip_dense else
             f"estimated peak {fmt_mb(estimate)} > limit {limit_gb:.1f} GB"
             if estimate > limit_gb * 1024 else None)
-    common = dict(mode=mode, batch=batch, aus=num, repeats=args.repeats, budget=args.budget)
+    common = dict(mode=mode, batch=batch, aus=num, repeats=args.repeats, budget=args.budget,
+                  compiled=args.compiled)
     if skip:
         row["dense"] = {"skipped": skip}
         result = run_worker(args, impl="pyg", time="pyg", **common)
@@ -157,6 +158,14 @@ def parse_args():
                         help="largest estimated dense peak to run (default: 65%% of the "
                              "available memory, at most 16 GB)")
     parser.add_argument("--skip-dense", action="store_true")
+    parser.add_argument("--compiled", action="store_true",
+                        help="pyg_mefl under torch.compile(fullgraph=True) (inductor); the dense "
+                             "head stays eager")
+    parser.add_argument("--configs", default="",
+                        help="only these grid rows, e.g. 'eval:8x27,train:8x27,eval:32x27' "
+                             "(mode:BxN); implies --grid-only")
+    parser.add_argument("--grid-only", action="store_true",
+                        help="skip the kNN and scatter-path runs")
     parser.add_argument("--omp-wait-policy", choices=("inherit", "passive", "active"),
                         default="inherit",
                         help="OMP_WAIT_POLICY of the workers (default: as in the environment)")
@@ -177,9 +186,12 @@ def parse_args():
 def run_grid(args, log) -> list:
     """Dense against pyg_mefl over the grid of (mode, B, N)."""
     configs = QUICK if args.quick else [(b, n) for n in GRID_N for b in GRID_B]
-    rows = [run_config(args, log, mode, batch, num)
-            for num in sorted({n for _, n in configs}) for mode in ("eval", "train")
-            for batch in sorted(b for b, n in configs if n == num)]
+    plan = [(mode, batch, num) for num in sorted({n for _, n in configs})
+            for mode in ("eval", "train") for batch in sorted(b for b, n in configs if n == num)]
+    if args.configs:
+        plan = [(mode, int(size.split("x")[0]), int(size.split("x")[1]))
+                for mode, size in (item.split(":") for item in args.configs.split(","))]
+    rows = [run_config(args, log, mode, batch, num) for mode, batch, num in plan]
 
     # dense FLOPs are linear in B: counted at B = 1, scaled
     per_face = {(r["N"], r["mode"]): r["dense"]["flops"] for r in rows
@@ -229,9 +241,11 @@ def main():
     log("same weights, relative difference of the probabilities (B=2, N=27+14): " +
         ", ".join(f"{k} {v:.1e}" for k, v in equivalence.items()))
 
+    info["compiled"] = args.compiled
     rows = run_grid(args, log)
-    knn_rows = run_knn(args, log)
-    scatter = scatter_report(args, log)
+    grid_only = args.grid_only or bool(args.configs)
+    knn_rows = [] if grid_only else run_knn(args, log)
+    scatter = {} if grid_only else scatter_report(args, log)
     info["loadavg_end"] = os.getloadavg()
     results = {"machine": info, "equivalence_rel_error": equivalence,
                "shapes": {"D": TOKENS, "C": CHANNELS, "sub_aus": "14 for N=27, else 0"},

@@ -84,8 +84,9 @@ def count_flops(step) -> float:
 
 def gnn_layer_step(graph: str, faces: int, num: int, mode: str):
     """One GatedGNNLayer (norm='slot', C = 512) on ``faces`` faces of ``num`` AUs, given as
-    ``uniform`` (complete graphs, edges grouped by target: reshape fast path), ``scatter``
-    (random in-degrees, edges in random order: index-based scatter softmax/aggregation) or
+    ``uniform`` (complete graphs, edges grouped by target, ``in_degree`` given: reshape fast
+    path), ``scatter`` (random in-degrees, edges in random order: index-based scatter
+    softmax/aggregation) or
     ``segment`` (the same random graph sorted by target as a ``torch_geometric.EdgeIndex``: PyG
     hands a CSR ``ptr`` to the softmax). Returns the step and the number of edges."""
     import torch
@@ -106,12 +107,13 @@ def gnn_layer_step(graph: str, faces: int, num: int, mode: str):
     x = torch.randn(faces * num, CHANNELS)
     edge_attr = torch.randn(edge_index.size(1), CHANNELS, requires_grad=mode == "train")
     layer.train(mode == "train")
+    in_degree = num if graph == "uniform" else None  # a fact of the complete graph
 
     def step():
         if mode == "eval":
             with torch.no_grad():
-                return layer(x, edge_index, edge_attr, au_id, edge_slot)
-        out, edges = layer(x, edge_index, edge_attr, au_id, edge_slot)
+                return layer(x, edge_index, edge_attr, au_id, edge_slot, in_degree)
+        out, edges = layer(x, edge_index, edge_attr, au_id, edge_slot, in_degree)
         (out.sum() + edges.sum()).backward()
 
     return step, int(edge_index.size(1))

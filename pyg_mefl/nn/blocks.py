@@ -80,14 +80,31 @@ class AUFeatureBlocks(Module):
         torch.nn.init.uniform_(self.bias, -bound, bound)
         self.norm.reset_parameters()
 
-    def forward(self, tokens: Tensor, au_id: Tensor, batch: Tensor) -> Tensor:
+    def forward(self, tokens: Tensor, au_id: Tensor, batch: Tensor,
+                every_au: bool = False) -> Tensor:
+        r"""
+        Args:
+            every_au (bool): Every face holds every AU of the vocabulary in order (node
+                :math:`b A + a`), as for a tokens tensor: the nodes' rows are then a transpose
+                of the product's, and no index gather is needed. (default: :obj:`False`)
+        """
         num_faces, num_tokens, channels = tokens.shape
         # Every AU's block on every face in one product (bias fused, the stacked [A, C, C]
         # weight read in place as the transposed operand); nodes then pick their (face, AU) rows.
         out = torch.addmm(self.bias.view(-1), self.dropout(tokens).reshape(-1, channels),
                           self.weight.view(-1, channels).t())
-        out = out.view(num_faces, num_tokens, self.num_aus, channels)[batch, :, au_id]
-        return torch.relu_(self.norm(out, au_id))
+        out = out.view(num_faces, num_tokens, self.num_aus, channels)
+        inference = (not self.training and self.norm.track_running_stats
+                     and not torch.is_grad_enabled())
+        if inference:  # the norm's fixed per-(AU, channel) affine and the ReLU, in place
+            scale, shift = self.norm.inference_affine()
+            out.mul_(scale).add_(shift).relu_()
+        if every_au and self.training:  # rows (face, token) cycle through the AUs: fused norm
+            out = torch.relu_(self.norm.cyclic(out.view(-1, self.num_aus, channels))).view_as(out)
+            return out.transpose(1, 2).reshape(-1, num_tokens, channels)
+        out = out.transpose(1, 2).reshape(-1, num_tokens, channels) if every_au else \
+            out[batch, :, au_id]
+        return out if inference else torch.relu_(self.norm(out, au_id))
 
     def extra_repr(self) -> str:
         return f"num_aus={self.num_aus}, in_channels={self.in_channels}"

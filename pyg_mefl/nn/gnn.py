@@ -26,10 +26,15 @@ def _make_norm(norm: Optional[str], channels: int, num_slots: Optional[int], wha
     return SlotBatchNorm(num_slots)
 
 
-def _apply_norm(norm: Optional[Module], x: Tensor, slot: Optional[Tensor]) -> Tensor:
+def _apply_norm(norm: Optional[Module], x: Tensor, slot: Optional[Tensor],
+                cyclic: bool = False) -> Tensor:
     if norm is None:
         return x
-    return norm(x, slot) if isinstance(norm, SlotBatchNorm) else norm(x)
+    if not isinstance(norm, SlotBatchNorm):
+        return norm(x)
+    if cyclic:
+        return norm.cyclic(x.view(-1, norm.num_slots, x.size(-1))).view_as(x)
+    return norm(x, slot)
 
 
 class GatedGNNLayer(MessagePassing):
@@ -56,8 +61,11 @@ class GatedGNNLayer(MessagePassing):
     Where the graph is built target by target with the same in-degree :math:`k` everywhere
     (edge :math:`e` has target :math:`\lfloor e / k \rfloor`, as in the complete AU graph;
     :func:`~pyg_mefl.data.uniform_in_degree`), pass ``in_degree=k``: the softmax and the
-    aggregation then run over a ``[targets, k, C]`` view without scatter. The layer never reads
-    index values to choose a path, so it compiles to one graph.
+    aggregation then run over a ``[targets, k, C]`` view without scatter. With
+    ``cyclic_slots=True`` (row :math:`r` of the nodes and of the edges is in slot
+    :math:`r \bmod` the number of slots, as in batches of complete AU graphs in the reference
+    order) the slot norms run as torch's fused batch norm. The layer never reads index values to
+    choose a path, so it compiles to one graph.
 
     Args:
         in_channels (int): Node and edge feature width :math:`C`.
@@ -73,7 +81,7 @@ class GatedGNNLayer(MessagePassing):
         - **input:** ``x`` :math:`(|\mathcal{V}|, C)`, ``edge_index`` :math:`(2, |\mathcal{E}|)`,
           ``edge_attr`` :math:`(|\mathcal{E}|, C)`, with ``norm="slot"`` also ``node_slot``
           :math:`(|\mathcal{V}|)` and ``edge_slot`` :math:`(|\mathcal{E}|)`; optionally
-          ``in_degree`` (int)
+          ``in_degree`` (int) and ``cyclic_slots`` (bool)
         - **output:** ``(x, edge_attr)`` of shapes :math:`(|\mathcal{V}|, C)`,
           :math:`(|\mathcal{E}|, C)`
     """
@@ -110,8 +118,8 @@ class GatedGNNLayer(MessagePassing):
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor,
                 node_slot: Optional[Tensor] = None,
-                edge_slot: Optional[Tensor] = None,
-                in_degree: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+                edge_slot: Optional[Tensor] = None, in_degree: Optional[int] = None,
+                cyclic_slots: bool = False) -> Tuple[Tensor, Tensor]:
         if self.norm_kind == "slot" and (node_slot is None or edge_slot is None):
             raise ValueError("GatedGNNLayer: norm='slot' needs node_slot and edge_slot")
         check_node_features(x, self.in_channels, self.lin_u.weight.dtype)
@@ -119,23 +127,24 @@ class GatedGNNLayer(MessagePassing):
         check_edge_attr(edge_attr, edge_index.size(1), self.in_channels, x.dtype)
         edge_attr = self.edge_updater(edge_index, ax=self.lin_a(x), bx=self.lin_b(x),
                                       edge_attr=edge_attr, edge_slot=edge_slot,
-                                      in_degree=in_degree)
+                                      in_degree=in_degree, cyclic_slots=cyclic_slots)
         out = self.lin_u(x) + self.propagate(edge_index, vx=self.lin_v(x),
                                              gate=torch.sigmoid(edge_attr), in_degree=in_degree)
-        out = _apply_norm(self.norm_node, out, node_slot)
+        out = _apply_norm(self.norm_node, out, node_slot, cyclic_slots)
         out = x + torch.relu(out) if self.residual == "post" else torch.relu(x + out)
         return out, edge_attr
 
     def edge_update(self, ax: Tensor, bx_j: Tensor, edge_attr: Tensor,
                     edge_slot: Optional[Tensor], edge_index_i: Tensor,
-                    in_degree: Optional[int]) -> Tensor:
+                    in_degree: Optional[int], cyclic_slots: bool) -> Tensor:
         if in_degree is None:
             update = ax.index_select(0, edge_index_i) + bx_j
         else:  # edges in equal runs per target: broadcast A x_i over its run, no gather
             runs = bx_j.view(-1, in_degree, bx_j.size(-1))
             update = (runs + ax[:runs.size(0)].unsqueeze(1)).view_as(bx_j)
         update = torch.addmm(update, edge_attr, self.lin_e.weight.t())     # + E e_{j->i}
-        return edge_attr + torch.relu_(_apply_norm(self.norm_edge, update, edge_slot))
+        return edge_attr + torch.relu_(_apply_norm(self.norm_edge, update, edge_slot,
+                                                   cyclic_slots))
 
     def message(self, vx_j: Tensor, gate: Tensor, index: Tensor, ptr: Optional[Tensor],
                 size_i: Optional[int], in_degree: Optional[int]) -> Tensor:
@@ -188,8 +197,9 @@ class GatedGNN(Module):
 
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor,
                 node_slot: Optional[Tensor] = None,
-                edge_slot: Optional[Tensor] = None,
-                in_degree: Optional[int] = None) -> Tuple[Tensor, Tensor]:
+                edge_slot: Optional[Tensor] = None, in_degree: Optional[int] = None,
+                cyclic_slots: bool = False) -> Tuple[Tensor, Tensor]:
         for layer in self.layers:
-            x, edge_attr = layer(x, edge_index, edge_attr, node_slot, edge_slot, in_degree)
+            x, edge_attr = layer(x, edge_index, edge_attr, node_slot, edge_slot, in_degree,
+                                 cyclic_slots)
         return x, edge_attr

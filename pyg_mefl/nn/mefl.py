@@ -100,11 +100,13 @@ class MEFL(Module):
         num_faces = tokens.size(0)
         if num_faces == 0:  # e.g. a video frame without a face
             return self._empty_output(tokens, isinstance(x, Tensor), return_edges)
-        node_tokens = self.afg(tokens, au_id, batch)
+        node_tokens = self.afg(tokens, au_id, batch, every_au=isinstance(x, Tensor))
         edge_slot = edge_slots(edge_index, au_id, self.num_main_aus)
         edge_attr = self.gem(tokens, node_tokens, edge_index, batch, edge_slot, layout)
-        node_x, edge_attr = self.gnn(node_tokens.mean(dim=1), edge_index, edge_attr, au_id,
-                                     edge_slot, layout.in_degree)
+        node_x = node_tokens.mean(dim=1)
+        del node_tokens  # [nodes, D, C]: let inference free it before the GNN's edge tensors
+        node_x, edge_attr = self.gnn(node_x, edge_index, edge_attr, au_id, edge_slot,
+                                     layout.in_degree, cyclic_slots=isinstance(x, Tensor))
         probs = similarity_scores(node_x, au_id, batch, num_faces, self.main_sc, self.sub_sc,
                                   self.sub_au_sources)
         if not return_edges:

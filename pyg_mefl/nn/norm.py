@@ -126,6 +126,43 @@ class SlotBatchNorm(Module):
             return centred * scale[slot].view(view)
         return torch.addcmul(self.bias[slot].view(view), centred, scale[slot].view(view))
 
+    def cyclic(self, x: Tensor) -> Tensor:
+        r"""``forward`` for rows that cycle through the slots in order, given as
+        ``x`` :math:`(R, S, *)` with the slot on dimension 1 (a batch of complete AU graphs:
+        ``[faces, N², C]`` edges, ``[faces, N, C]`` nodes; with ``num_channels``, ``x`` is
+        :math:`(R, S, C)`). Runs as torch's fused batch norm, which is what the published
+        layers call: one pass, and autograd keeps only the input. Falls back to :meth:`forward`
+        where that cannot hold the statistics (``momentum=None``, synchronised statistics)."""
+        num_rows, num_slots = x.size(0), x.size(1)
+        # BN's channel: the slot, or the (slot, channel) pair
+        flat = x.reshape(num_rows, num_slots, -1) if self.num_channels is None else \
+            x.reshape(num_rows, -1)
+        if self.momentum is None or (self.training and is_syncing(self.process_group)) or \
+                flat.numel() <= flat.size(1):  # torch's BN refuses one value per channel
+            slot = torch.arange(num_slots, device=x.device).repeat(num_rows)
+            rows = x.reshape((num_rows * num_slots,) + x.shape[2:])
+            return self.forward(rows, slot).view_as(x)
+        use_batch = self.training or not self.track_running_stats
+        track = self.training and self.track_running_stats
+        out = torch.nn.functional.batch_norm(
+            flat, self.running_mean.view(-1) if self.track_running_stats else None,
+            self.running_var.view(-1) if self.track_running_stats else None,
+            None if self.weight is None else self.weight.view(-1),
+            None if self.bias is None else self.bias.view(-1), use_batch, self.momentum,
+            self.eps)
+        if track:
+            self.num_batches_tracked.add_(1)
+        return out.view_as(x)
+
+    def inference_affine(self) -> Tuple[Tensor, Tensor]:
+        """``(scale, shift)`` of evaluation mode, ``x * scale + shift`` per slot (and channel),
+        from the running statistics: lets a caller apply the norm in place."""
+        scale = torch.rsqrt(self.running_var + self.eps)
+        if self.affine:
+            scale = scale * self.weight
+        shift = -self.running_mean * scale
+        return scale, shift if not self.affine else shift + self.bias
+
     def _batch_statistics(self, row_mean: Tensor, row_m2: Tensor, row_count: int,
                           slot: Tensor) -> Tuple[Tensor, Tensor]:
         # Chan et al.'s pairwise combination of per-row moments: stable without a second pass.

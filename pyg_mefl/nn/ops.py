@@ -4,8 +4,9 @@ from typing import List, Optional, Tuple
 import torch
 from torch import Tensor
 
-# Elements of the per-chunk operands; bounds the transient memory of a chunk (~64 MB in float32).
-_CHUNK_ELEMENTS = 1 << 24
+# Elements of the per-chunk operands; bounds the transient memory of a chunk (~16 MB in float32:
+# at B = 8, N = 27 a chunk still holds ~600 edges, so the products stay large).
+_CHUNK_ELEMENTS = 1 << 22
 
 # ``k``: the edges come in consecutive runs of ``k`` per node, ``index[e] == e // k`` (a graph
 # built target by target with the same in-degree everywhere). A promise made where the graph is

@@ -11,8 +11,9 @@ import torch
 from torch_geometric.data import Batch
 
 import pyg_mefl.nn.ops as ops
-from pyg_mefl import (MEFL, GatedGNNLayer, GraphEdgeModel, GraphLayout, complete_au_graph,
-                      edge_slots, face_graph, gather_matmul, uniform_in_degree)
+from pyg_mefl import (MEFL, AUFeatureBlocks, GatedGNNLayer, GraphEdgeModel, GraphLayout,
+                      SlotBatchNorm,
+                      complete_au_graph, edge_slots, face_graph, gather_matmul, uniform_in_degree)
 from pyg_mefl.nn.ops import softmax_column_moments
 
 DTYPE = torch.float64
@@ -378,3 +379,63 @@ def test_custom_functions_under_bf16_autocast():
     (out.float().sum() + mass.float().square().sum()).backward()
     assert a.grad.dtype == torch.float32 and torch.isfinite(a.grad).all()
     assert b.grad.dtype == torch.float32 and torch.isfinite(b.grad).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# AU feature blocks: the in-place inference norm and the transpose for every-AU faces
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_au_blocks_fast_paths_match_the_gather(training):
+    torch.manual_seed(13)
+    num_faces, num_aus, tokens, channels = 3, 4, 5, 6
+    blocks = AUFeatureBlocks(num_aus, channels).to(DTYPE).train(training)
+    with torch.no_grad():
+        blocks.norm.weight.uniform_(0.5, 1.5)
+        blocks.norm.bias.normal_()
+        blocks.norm.running_mean.normal_()
+        blocks.norm.running_var.uniform_(0.5, 1.5)
+    x = torch.randn(num_faces, tokens, channels, dtype=DTYPE)
+    au_id = torch.arange(num_aus).repeat(num_faces)
+    batch = torch.arange(num_faces).repeat_interleave(num_aus)
+    state = {k: v.clone() for k, v in blocks.state_dict().items()}
+    gathered = blocks(x, au_id, batch)  # grad enabled: the norm module on gathered rows
+    blocks.load_state_dict(state)
+    transposed = blocks(x, au_id, batch, every_au=True)
+    torch.testing.assert_close(transposed, gathered, rtol=1e-12, atol=1e-12)
+    blocks.load_state_dict(state)
+    with torch.no_grad():  # in eval: the norm in place on the product, before the rows' pick
+        torch.testing.assert_close(blocks(x, au_id, batch, every_au=True), gathered,
+                                   rtol=1e-12, atol=1e-12)
+        if not training:  # a subset of AUs of one face
+            torch.testing.assert_close(blocks(x[1:], au_id[1:3], batch[:2]), gathered[5:7],
+                                       rtol=1e-12, atol=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
+# SlotBatchNorm.cyclic (torch's fused norm when rows cycle through the slots) against forward
+
+@pytest.mark.parametrize("channels", [None, 4], ids=["per-slot", "per-slot-channel"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_slot_norm_cyclic_matches_forward(channels, momentum, training):
+    generator = torch.Generator().manual_seed(14)
+    num_rows, num_slots = 3, 5
+    shape = (num_rows, num_slots, 4) if channels else (num_rows, num_slots, 2, 3)
+    x = (torch.randn(shape, dtype=DTYPE, generator=generator) * 3 + 1).requires_grad_()
+    norms = [SlotBatchNorm(num_slots, channels, momentum=momentum).to(DTYPE).train(training)
+             for _ in range(2)]
+    with torch.no_grad():
+        norms[0].weight.uniform_(0.5, 1.5, generator=generator)
+        norms[0].bias.normal_(generator=generator)
+        norms[0].running_mean.normal_(generator=generator)
+        norms[0].running_var.uniform_(0.5, 1.5, generator=generator)
+    norms[1].load_state_dict(norms[0].state_dict())
+    slot = torch.arange(num_slots).repeat(num_rows)
+    fast = norms[0].cyclic(x)
+    generic = norms[1](x.reshape((-1,) + shape[2:]), slot).view(shape)
+    torch.testing.assert_close(fast, generic, rtol=1e-10, atol=1e-10)
+    for got, want in zip(_grads(fast, [x] + list(norms[0].parameters())),
+                         _grads(generic, [x] + list(norms[1].parameters()))):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+    for got, want in zip(norms[0].buffers(), norms[1].buffers()):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
