@@ -15,9 +15,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn import BatchNorm1d, BatchNorm2d
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch_geometric.loader import DataLoader
 
-from pyg_mefl import MEFL, SlotBatchNorm, SyntheticFaceDataset
+from pyg_mefl import MEFL, SlotBatchNorm, SmallCNN, SyntheticFaceDataset
 from pyg_mefl.models import FaceAUModel
 from pyg_mefl.nn.sync_norm import SyncedBatchNorm
 from pyg_mefl.train import evaluate, fit
@@ -90,13 +91,21 @@ def _rows(rank, split, total):
 
 
 def _synced_norm_worker(rank, path):
-    results = {}
+    results, calls = {}, []
+    all_reduce = dist.all_reduce
+
+    def counted(tensor, *args, **kwargs):
+        calls.append(tensor.numel())
+        return all_reduce(tensor, *args, **kwargs)
+
+    dist.all_reduce = counted
     for name, norm, x, slot, split in _norm_cases():
         norm = synchronise_norms(norm)
         rows = _rows(rank, split, x.size(0))
         weight = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))[rows]
+        calls.clear()
         results[name] = _norm_steps(norm, x[rows], None if slot is None else slot[rows], weight)
-        results[name]["type"] = type(norm).__name__
+        results[name].update(type=type(norm).__name__, collectives=len(calls))
     torch.save(results, f"{path}/norms_{rank}.pt")
 
 
@@ -108,6 +117,9 @@ def test_synchronised_norms_equal_one_process_on_the_concatenated_batch(tmp_path
         expected = _norm_steps(copy.deepcopy(norm), x, slot, weight)
         got = [r[name] for r in ranks]
         assert got[0]["type"] == ("SlotBatchNorm" if slot is not None else "SyncedBatchNorm")
+        # one collective per training forward (all slots packed) and one in its backward, none
+        # in evaluation: 2 training steps
+        assert got[0]["collectives"] == 4, name
         for key in ("out", "x_grad", "eval_out"):
             torch.testing.assert_close(torch.cat([g[key] for g in got]), expected[key].detach(),
                                        msg=f"{name}: {key}")
@@ -118,6 +130,24 @@ def test_synchronised_norms_equal_one_process_on_the_concatenated_batch(tmp_path
             for rank in range(WORLD):
                 torch.testing.assert_close(got[rank][key], expected[key],
                                            msg=f"{name}: {key} of rank {rank}")
+
+
+def test_synchronise_norms_converts_every_batch_norm_in_place():
+    model = FaceAUModel(MEFL(16, 5, num_sub_aus=0), SmallCNN(16, grid=2))
+    before = model.state_dict()
+    parameters = list(model.parameters())
+    batch_norms = sum(isinstance(m, _BatchNorm) for m in model.modules())  # CNN, global block
+    assert batch_norms >= 2
+    group = object()  # stands for a process group; nothing is initialised, nothing syncs
+    assert synchronise_norms(model, group) is model
+    norms = [m for m in model.modules() if isinstance(m, (_BatchNorm, SlotBatchNorm))]
+    assert sum(isinstance(m, SyncedBatchNorm) for m in norms) == batch_norms
+    assert all(m.process_group is group for m in norms)
+    assert all(isinstance(m, (SyncedBatchNorm, SlotBatchNorm)) for m in norms)
+    assert list(model.parameters()) == parameters  # an optimizer built before keeps training
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[key], value) for key, value in before.items())
 
 
 def test_norms_do_not_synchronise_without_a_process_group():
