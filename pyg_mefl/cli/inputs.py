@@ -48,7 +48,8 @@ class InputError(Exception):
 @dataclass(frozen=True)
 class Source:
     """One input file: ``path`` as the user named it, ``kind`` (``"image"`` or ``"video"``) and
-    ``label``, a relative path unique within the run (for files written per input)."""
+    ``label``, a relative path unique within the run even without its extension (for files
+    written per input)."""
     path: str
     kind: str
     label: str
@@ -84,10 +85,13 @@ def _sniff(path: Path) -> Optional[str]:
         pass
     try:
         import av
+    except ImportError:
+        return None
+    try:
         with av.open(str(path)) as container:
             if container.streams.video and container.format.name != "image2":
                 return "video"
-    except (ImportError, av.FFmpegError, OSError, ValueError, IndexError):
+    except (av.FFmpegError, OSError, ValueError, IndexError):
         pass
     return None
 
@@ -97,15 +101,15 @@ def collect_sources(paths: Sequence[str]) -> Tuple[List[Source], List[InputError
     is recognised by its content), folders searched recursively for image and video files (by
     extension, hidden files skipped, in sorted order). Returns the sources and the problems
     (a missing path, an empty folder, a file that is neither an image nor a video)."""
-    sources, problems, labels = [], [], set()
+    sources, problems, stems = [], [], set()
 
     def add(path: Path, kind: str, label: str):
-        unique, count = label, 1
-        while unique in labels:
-            stem, ext = os.path.splitext(label)
-            unique, count = f"{stem}_{count}{ext}", count + 1
-        labels.add(unique)
-        sources.append(Source(str(path), kind, unique))
+        stem, ext = os.path.splitext(label)
+        unique, count = stem, 1
+        while unique in stems:
+            unique, count = f"{stem}_{count}", count + 1
+        stems.add(unique)
+        sources.append(Source(str(path), kind, unique + ext))
 
     for name in paths:
         path = Path(name)

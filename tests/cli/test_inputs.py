@@ -13,7 +13,7 @@ def _source(path, kind="image"):
 
 
 def test_folders_are_searched_recursively_in_sorted_order_and_labels_are_unique(tmp_path):
-    for rel in ("b.png", "a.jpg", "sub/c.PNG", "notes.txt", ".hidden/d.png", "sub/.e.png"):
+    for rel in ("b.png", "a.png", "sub/c.PNG", "notes.txt", ".hidden/d.png", "sub/.e.png"):
         (tmp_path / "faces" / rel).parent.mkdir(parents=True, exist_ok=True)
         face_like(0).save(tmp_path / "faces" / rel, format="PNG") if rel.endswith(
             ("png", "PNG")) else (tmp_path / "faces" / rel).write_bytes(b"x")
@@ -23,10 +23,11 @@ def test_folders_are_searched_recursively_in_sorted_order_and_labels_are_unique(
     face_like(2).save(other / "a.jpg")
     sources, problems = collect_sources([str(tmp_path / "faces"), str(other)])
     assert problems == []
-    assert [s.path for s in sources] == [str(tmp_path / "faces" / r)
-                                        for r in ("a.jpg", "b.png", "sub/c.PNG")] + [str(other / "a.jpg")]
-    assert [s.label for s in sources] == ["faces/a.jpg", "faces/b.png", "faces/sub/c.PNG",
-                                          "faces/a_1.jpg"]
+    assert [s.path for s in sources] == [str(tmp_path / "faces" / r) for r in (
+        "a.jpg", "a.png", "b.png", "sub/c.PNG")] + [str(other / "a.jpg")]
+    # unique without their extension: drawn copies are written as <label stem>.jpg
+    assert [s.label for s in sources] == ["faces/a.jpg", "faces/a_1.png", "faces/b.png",
+                                          "faces/sub/c.PNG", "faces/a_2.jpg"]
     assert {s.kind for s in sources} == {"image"}
 
 
