@@ -14,9 +14,12 @@ def _source(path, kind="image"):
 
 def test_folders_are_searched_recursively_in_sorted_order_and_labels_are_unique(tmp_path):
     for rel in ("b.png", "a.png", "sub/c.PNG", "notes.txt", ".hidden/d.png", "sub/.e.png"):
-        (tmp_path / "faces" / rel).parent.mkdir(parents=True, exist_ok=True)
-        face_like(0).save(tmp_path / "faces" / rel, format="PNG") if rel.endswith(
-            ("png", "PNG")) else (tmp_path / "faces" / rel).write_bytes(b"x")
+        target = tmp_path / "faces" / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if rel.lower().endswith(".png"):
+            face_like(0).save(target, format="PNG")
+        else:
+            target.write_bytes(b"x")
     face_like(1).save(tmp_path / "faces" / "a.jpg")
     other = tmp_path / "other" / "faces"
     other.mkdir(parents=True)
