@@ -133,11 +133,10 @@ class ShardedBatchSampler(Sampler[List[int]]):
     def __len__(self) -> int:
         if not self.skip_empty:
             return len(self.batches)
-        size, count = self.batches.batch_size, len(self.batches)
-        last = len(self.batches.sampler) - size * (count - 1) if count else 0
-        sizes = [size] * (count - 1) + ([last] if count else [])
-        if self.batches.drop_last:
-            sizes = [size] * count
+        items, size = len(self.batches.sampler), self.batches.batch_size
+        sizes = [size] * (items // size)
+        if items % size and not self.batches.drop_last:
+            sizes.append(items % size)
         return sum(1 for n in sizes if self._slice(n).stop > self._slice(n).start)
 
 
@@ -159,7 +158,7 @@ def shard_loader(loader: DataLoader, training: bool) -> DataLoader:
     sampler = loader.sampler
     if isinstance(sampler, RandomSampler):
         if sampler.generator is None:
-            raise ValueError("train_loader: under torch.distributed every process must shuffle "
+            raise ValueError("loader: under torch.distributed every process must shuffle "
                              "alike: give the DataLoader a generator, e.g. "
                              "generator=torch.Generator().manual_seed(seed)")
         states = [sampler.generator.get_state()]

@@ -22,7 +22,7 @@ from pyg_mefl import MEFL, SlotBatchNorm, SmallCNN, SyntheticFaceDataset
 from pyg_mefl.models import FaceAUModel
 from pyg_mefl.nn.sync_norm import SyncedBatchNorm
 from pyg_mefl.train import evaluate, fit
-from pyg_mefl.train.distributed import ShardedBatchSampler, synchronise_norms
+from pyg_mefl.train.distributed import ShardedBatchSampler, shard_loader, synchronise_norms
 from pyg_mefl.train.losses import MEFLLoss, au_class_weights
 
 WORLD = 2
@@ -106,12 +106,17 @@ def _synced_norm_worker(rank, path):
         calls.clear()
         results[name] = _norm_steps(norm, x[rows], None if slot is None else slot[rows], weight)
         results[name].update(type=type(norm).__name__, collectives=len(calls))
+    try:  # processes that shuffle with their own seeds would overlap: refused
+        shard_loader(DataLoader(list(range(8)), batch_size=4, shuffle=True), training=True)
+    except ValueError as error:
+        results["unseeded shuffle"] = str(error)
     torch.save(results, f"{path}/norms_{rank}.pt")
 
 
 def test_synchronised_norms_equal_one_process_on_the_concatenated_batch(tmp_path):
     _spawn(_synced_norm_worker, tmp_path)
     ranks = [torch.load(tmp_path / f"norms_{rank}.pt") for rank in range(WORLD)]
+    assert "give the DataLoader a generator" in ranks[0]["unseeded shuffle"]
     for name, norm, x, slot, split in _norm_cases():
         weight = torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
         expected = _norm_steps(copy.deepcopy(norm), x, slot, weight)
