@@ -11,6 +11,7 @@ with mean pooling, a ridge probe on the concatenated tokens; thresholds tuned on
 are computed once per family.
 """
 import argparse
+import fcntl
 import json
 import os
 import subprocess
@@ -118,6 +119,8 @@ def main(argv=None):
     parser.add_argument("--data", default=os.path.join(HERE, "data"))
     parser.add_argument("--runs", default=os.path.join(HERE, "runs"))
     parser.add_argument("--table", action="store_true", help="print the README table only")
+    parser.add_argument("--no-baselines", action="store_true",
+                        help="train only (another suite computes the baselines)")
     args = parser.parse_args(argv)
     results = _load()
     if args.table:
@@ -127,7 +130,7 @@ def main(argv=None):
     jobs = [(args.recipe, family) for family in args.families
             if family not in results["runs"].get(args.recipe, {})]
     jobs += [("baselines", family) for family in args.families
-             if family not in results["baselines"]]
+             if family not in results["baselines"] and not args.no_baselines]
 
     def one(job):
         kind, family = job
@@ -138,12 +141,15 @@ def main(argv=None):
     torch.set_num_threads(1)
     with ThreadPoolExecutor(args.jobs) as pool:
         for (kind, family), figures in pool.map(one, jobs):
-            results = _load()
-            if kind == "baselines":
-                results["baselines"][family] = figures
-            else:
-                results["runs"].setdefault(kind, {})[family] = figures
-            _save(results)
+            # several suites may run at once: read, add and write under a lock
+            with open(RESULTS + ".lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                results = _load()
+                if kind == "baselines":
+                    results["baselines"][family] = figures
+                else:
+                    results["runs"].setdefault(kind, {})[family] = figures
+                _save(results)
             print(family, kind, figures, flush=True)
     print(table(results, args.recipe))
 

@@ -1,8 +1,6 @@
 """What train_au.py saves is enough to predict as it evaluated: the token normalisation and the
 thresholds in best.pt; early stopping holds across a resume."""
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,15 +11,6 @@ from pyg_mefl.train import AUMetrics, predict
 from pyg_mefl.transforms import load_token_norm
 
 pytestmark = pytest.mark.slow
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "train_au.py"
-
-
-@pytest.fixture(scope="module")
-def train_au():
-    spec = importlib.util.spec_from_file_location("train_au_recipe", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -84,7 +84,14 @@ def test_sigkill_mid_epoch_then_resume_completes_exactly(straight_run, tmp_path)
     _train(CONFIG + ["--epochs", "3", "--out", str(tmp_path),
                      "--resume", str(tmp_path / "checkpoint.pt")])
     _assert_same_weights(_final_weights(tmp_path), _final_weights(straight_run))
-    assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 3
+    # the default recipe resumes exactly too: learning-rate schedule, the token normalisation
+    # chosen and fitted on the training faces, the thresholds calibrated on validation
+    resumed, straight = (json.loads((out / "metrics.json").read_text())
+                         for out in (tmp_path, straight_run))
+    assert len(resumed["history"]) == 3 and resumed["thresholds"] is not None
+    assert _without_timing(resumed) == _without_timing(straight)
+    assert load_training_checkpoint(str(tmp_path / "checkpoint.pt"))["scheduler"] == \
+        load_training_checkpoint(str(straight_run / "checkpoint.pt"))["scheduler"]
 
 
 SLOW_SAVE = """
