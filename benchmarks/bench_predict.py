@@ -276,8 +276,11 @@ def main():
 
     info = machine_info(args.threads)
     info["sgemm_gflops"] = round(sgemm_rate(args.threads), 1)
+    info["omp_wait_policy"] = (args.omp_wait_policy.upper() if args.omp_wait_policy != "inherit"
+                               else os.environ.get("OMP_WAIT_POLICY", "unset"))
     log(f"{info['cpu']}, {args.threads} threads, torch {info['torch']}; sgemm "
-        f"{info['sgemm_gflops']} GFLOP/s; load average {info['loadavg_start'][0]:.2f}")
+        f"{info['sgemm_gflops']} GFLOP/s; OMP_WAIT_POLICY {info['omp_wait_policy']} (workers); "
+        f"load average {info['loadavg_start'][0]:.2f}")
     results = {"machine": info, "method": " ".join(
         __doc__.split("Method:")[1].split()), "batch": BATCH, "aus": [MAIN_AUS, SUB_AUS]}
     with tempfile.TemporaryDirectory() as folder:
