@@ -37,6 +37,10 @@ class Summary:
     warnings: List[str] = field(default_factory=list)
 
 
+def to_stderr(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
                         help="face images, folders of them (searched recursively) or videos")
@@ -195,10 +199,13 @@ def _drawn_path(draw_dir: Path, frame: Frame) -> Path:
 def predict_sources(model, sources: Sequence[Source], writer: CSVWriter, batch_size: int,
                     device: torch.device, draw_dir: Optional[Path] = None,
                     fps: Optional[float] = None, min_size: int = 32,
-                    report: Callable[[str], None] = print, progress: bool = True) -> Summary:
+                    report: Optional[Callable[[str], None]] = None,
+                    progress: bool = True) -> Summary:
     """Predict every frame of ``sources`` with ``model`` (``transform``, ``predict``,
     ``au_names``) in batches of ``batch_size`` and write the rows; returns the :class:`Summary`.
-    ``report`` receives one line per problem or warning as it is met."""
+    ``report`` (default: standard error) receives one line per problem or warning as it is
+    met."""
+    report = report or to_stderr
     summary = Summary()
     total = sum(1 if s.kind == "image" else estimate_video_frames(s, fps) for s in sources)
     batch: List = []
@@ -248,14 +255,11 @@ def predict_sources(model, sources: Sequence[Source], writer: CSVWriter, batch_s
 
 def run(args: argparse.Namespace) -> int:
     """The ``predict`` command; returns the exit status."""
-    def report(line: str) -> None:
-        print(line, file=sys.stderr, flush=True)
-
     try:
         device = resolve_device(args.device)
         sources, problems = collect_sources(args.inputs)
         for problem in problems:
-            report(f"error: {problem}")
+            to_stderr(f"error: {problem}")
         model = load_model(args, device)
         draw_dir = Path(args.draw) if args.draw else None
         with ExitStack() as stack:
@@ -275,25 +279,26 @@ def run(args: argparse.Namespace) -> int:
                                      f"{error.strerror or error}") from None
             writer = CSVWriter(stream, model.au_names, any(s.kind == "video" for s in sources))
             summary = predict_sources(model, sources, writer, args.batch_size, device, draw_dir,
-                                      args.fps, args.min_size, report,
+                                      args.fps, args.min_size, to_stderr,
                                       progress=not args.quiet and sys.stderr.isatty())
     except UsageError as error:
-        report(f"pyg_mefl predict: error: {error}")
+        to_stderr(f"pyg_mefl predict: error: {error}")
         return 2
     except torch.OutOfMemoryError:
-        report(f"pyg_mefl predict: error: out of memory on {args.device} at --batch-size "
-               f"{args.batch_size}; try a smaller batch")
+        to_stderr(f"pyg_mefl predict: error: out of memory on {args.device} at --batch-size "
+                  f"{args.batch_size}; try a smaller batch")
         return 2
     except KeyboardInterrupt:
-        report("pyg_mefl predict: interrupted; the rows written so far are kept")
+        to_stderr("pyg_mefl predict: interrupted; the rows written so far are kept")
         return 130
     failed = problems + summary.problems
     destination = "standard output" if args.out == "-" else args.out
-    report(f"predicted {summary.predicted} image(s) from {len(sources)} file(s) into "
-           f"{destination}" + (f"; {len(summary.warnings)} warning(s)" if summary.warnings else ""))
+    to_stderr(f"predicted {summary.predicted} image(s) from {len(sources)} file(s) into "
+              f"{destination}"
+              + (f"; {len(summary.warnings)} warning(s)" if summary.warnings else ""))
     if failed:
-        report(f"{len(failed)} input(s) failed:")
+        to_stderr(f"{len(failed)} input(s) failed:")
         for problem in failed:
-            report(f"  {problem}")
+            to_stderr(f"  {problem}")
         return 1
     return 0

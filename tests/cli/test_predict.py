@@ -216,3 +216,24 @@ def test_bad_options_stop_the_run_with_one_line_and_status_2(tmp_path, model_fil
         main(["predict", "--checkpoint", str(checkpoint), "--batch-size", "0", str(face)])
     assert info.value.code == 2
     assert "--batch-size: expected a positive integer, got '0'" in capsys.readouterr().err
+
+
+def test_progress_bar_counts_images_and_lets_error_lines_through(tmp_path, model_file, capsys):
+    from pyg_mefl.cli.inputs import collect_sources
+    from pyg_mefl.cli.predict import CSVWriter, load_model, predict_sources
+    from pyg_mefl.cli.main import build_parser
+    checkpoint, _ = model_file
+    faces = _faces(tmp_path / "faces")
+    (faces / "e_text.jpg").write_text("not an image")
+    args = build_parser().parse_args(["predict", "--checkpoint", str(checkpoint), str(faces)])
+    model = load_model(args, torch.device("cpu"))
+    sources, _ = collect_sources([str(faces)])
+    out = io.StringIO()
+    summary = predict_sources(model, sources, CSVWriter(out, model.au_names, False), 2,
+                              torch.device("cpu"), progress=True)
+    err = capsys.readouterr().err
+    assert summary.predicted == 4 and [str(p) for p in summary.problems] == [
+        f"{faces / 'e_text.jpg'}: not an image Pillow can read (unknown or damaged format)"]
+    assert f"error: {faces / 'e_text.jpg'}: not an image" in err
+    assert "4/4" in err and "img" in err  # the bar's final count, its total set to the images read
+    assert len(out.getvalue().splitlines()) == 1 + 4
