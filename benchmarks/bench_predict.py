@@ -22,9 +22,9 @@ Method:
 
     Time. One worker process times every variant, alternating one step of each per round after
     a warm-up step of each, and reports medians: dense; pyg_mefl ``predict``; the same as the
-    predict command prepares it (channels-last backbone and input); the backbone with its global linear block alone
-    (images to tokens); the stage-2 head alone and, when stage 1 loads, the stage-1 head alone
-    on those tokens.
+    predict command prepares it (channels-last backbone and input); the backbone with its
+    global linear block alone (images to tokens); the stage-2 head alone and, when stage 1
+    loads, the stage-1 head alone on those tokens.
 
     Folder. 64 JPEG face crops of 256x256 are written to a temporary folder; the predict command's
     pipeline (``pyg_mefl.cli.predict.predict_sources``: decoding and preprocessing in a reader

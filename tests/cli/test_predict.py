@@ -60,6 +60,28 @@ class Reference(torch.nn.Module):
                 "optimizer": {}}
 
 
+def mexca_directory(reference: Reference, folder: Path) -> Path:
+    """The model as mexca's ``save_pretrained`` writes it: ``config.json`` and
+    ``model.safetensors`` with keys ``backbone.*``, ``linear_global.*``, ``head.*``."""
+    from safetensors.torch import save_file
+    backbone = {f"backbone.{k}": v for k, v in reference.resnet.state_dict().items()
+                if not k.startswith("fc.")}
+    state = to_layout(reference.head.state_dict(), "mexca", whole_model=True,
+                      global_linear=reference.global_linear.state_dict(), backbone=backbone)
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in state.items()}, str(folder / "model.safetensors"))
+    (folder / "config.json").write_text('{"n_main_aus": 27, "n_sub_aus": 14}')
+    return folder
+
+
+def preprocess_mexca(image: Image.Image) -> torch.Tensor:
+    """mexca (SPEC §10): the crop at 224x224, MTCNN's (x - 127.5) / 128 on 0-255 pixels, then
+    ImageNet Normalize."""
+    pixels = np.asarray(image.resize((224, 224), Image.BILINEAR), dtype=np.float32)
+    standardised = torch.from_numpy((pixels - 127.5) / 128)
+    return ((standardised - torch.tensor(MEAN)) / torch.tensor(STD)).permute(2, 0, 1)
+
+
 def preprocess(image: Image.Image) -> torch.Tensor:
     """SPEC §10: Resize(256) on the shorter side (bilinear), CenterCrop(224), ToTensor,
     ImageNet Normalize."""
@@ -237,3 +259,31 @@ def test_progress_bar_counts_images_and_lets_error_lines_through(tmp_path, model
     assert f"error: {faces / 'e_text.jpg'}: not an image" in err
     assert "4/4" in err and "img" in err  # the bar's final count, its total set to the images read
     assert len(out.getvalue().splitlines()) == 1 + 4
+
+
+def test_mexca_directory_with_its_preprocessing_and_drawn_video_frames(tmp_path, model_file):
+    _, reference = model_file
+    model_dir = mexca_directory(reference, tmp_path / "mexca-model")
+    faces = _faces(tmp_path / "faces")
+    video = write_video(tmp_path / "clip.mp4", num_frames=6, rate=10, size=(72, 56))
+    out = tmp_path / "preds.csv"
+    status = main(["predict", "--checkpoint", str(model_dir), "--out", str(out), "--fps", "5",
+                   "--draw", str(tmp_path / "drawn"), "--quiet", str(faces / "b.png"), str(video)])
+    assert status == 0
+    _, rows = _read_csv(out)
+    assert [r[:2] for r in rows] == [[str(faces / "b.png"), ""], [str(video), "0"],
+                                     [str(video), "2"], [str(video), "4"]]
+    import av
+    with av.open(str(video)) as container:
+        frames = [f.to_image() for f in container.decode(video=0)]
+    images = [Image.open(faces / "b.png").convert("RGB"), frames[0], frames[2], frames[4]]
+    with torch.no_grad():
+        expected = reference(torch.stack([preprocess_mexca(image) for image in images]))
+        published = reference(torch.stack([preprocess(image) for image in images]))
+    got = torch.tensor([[float(v) for v in r[3:]] for r in rows])
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
+    assert (published - expected).abs().max() > 1e-3  # the two preprocessings differ
+    drawn_dir = tmp_path / "drawn"
+    drawn = sorted(str(p.relative_to(drawn_dir)) for p in drawn_dir.rglob("*.jpg"))
+    assert drawn == ["b.jpg", "clip/frame_000000.jpg", "clip/frame_000002.jpg",
+                     "clip/frame_000004.jpg"]
