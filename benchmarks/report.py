@@ -51,7 +51,8 @@ def render(results) -> str:
         f"torch_geometric {info['torch_geometric']}, torch_scatter {info['torch_scatter']}; "
         f"float32 sgemm {sgemm} GFLOP/s; load average {info['loadavg_start'][0]:.2f} at the "
         f"start, {info['loadavg_end'][0]:.2f} at the end; OMP_WAIT_POLICY "
-        f"{info['omp_wait_policy']}.",
+        f"{info['omp_wait_policy']}; pyg_mefl "
+        + ("under torch.compile (inductor)." if info.get("compiled") else "in eager mode."),
         f"D = {TOKENS}, C = {CHANNELS}, 14 sub AUs with N = 27. Time: median per step, both "
         "implementations alternating in one process. Memory: peak resident memory of one step "
         "over the model and input, each in a fresh process. GFLOP/s: FLOPs of the step (forward "
@@ -84,6 +85,8 @@ def render(results) -> str:
                          f"{fmt_time(ours.get('median_s'))} | {fmt_mb(ours.get('peak_mb'))} | "
                          f"{fmt_num(ours['flops'] / 1e9 if 'flops' in ours else None)} |")
     scatter = results["scatter"]
+    if not scatter:  # a --configs / --grid-only run
+        return "\n".join(lines)
     lines += ["", f"Scatter path (WITH_TORCH_SCATTER = {scatter['WITH_TORCH_SCATTER']}): "
               + scatter["dispatch"], "",
               "| workload | mode | B | edges | with torch_scatter | native only | native / "

@@ -59,6 +59,12 @@ class MEFL(Module):
             (one reduction per call; set the attribute to :obj:`False` to skip it in tight
             loops). (default: :obj:`True`)
 
+    In evaluation mode on the CPU, a tokens tensor of more than ``faces_per_chunk`` faces (an
+    attribute, default 8) runs 8 faces at a time: faces do not interact in evaluation, and per
+    face 8 was the fastest batch on a 2-core CPU (eval, N = 27 + 14, alternating in one process:
+    B = 4 57.6, 8 52.8, 16 58.2, 32 66.9 ms per face). Set it to :obj:`None` to run every batch
+    whole. Zero faces (a frame without a face) give outputs with zero rows.
+
     Shapes:
         - **input:** tokens :math:`(B, D, C)`, or a ``Data``/``Batch`` of :func:`face_graph`
         - **output:** probabilities :math:`(B, N + S)`, or :class:`MEFLOutput`
@@ -71,6 +77,7 @@ class MEFL(Module):
                  check_finite: bool = True):
         super().__init__()
         self.check_finite = check_finite
+        self.faces_per_chunk: Optional[int] = 8
         init_au_head(self, in_channels, num_main_aus, num_sub_aus, au_names, sub_au_sources,
                      num_layers=(num_layers, 1))
         self.afg = AUFeatureBlocks(num_main_aus, in_channels, dropout)
@@ -96,6 +103,10 @@ class MEFL(Module):
 
     def forward(self, x: Union[Tensor, Data],
                 return_edges: bool = False) -> Union[Tensor, MEFLOutput]:
+        chunk = self.faces_per_chunk
+        if isinstance(x, Tensor) and not self.training and chunk and x.dim() == 3 \
+                and x.size(0) > chunk and x.device.type == "cpu":
+            return self._in_chunks(x, chunk, return_edges)
         tokens, au_id, edge_index, batch, layout = self._graph_inputs(x)
         num_faces = tokens.size(0)
         if num_faces == 0:  # e.g. a video frame without a face
@@ -135,6 +146,15 @@ class MEFL(Module):
         if not torch.compiler.is_compiling():
             layout.check(x.edge_index, batch, "data.graph_layout")
         return tokens, au_id, x.edge_index, batch, layout
+
+    def _in_chunks(self, tokens: Tensor, chunk: int,
+                   return_edges: bool) -> Union[Tensor, MEFLOutput]:
+        """Evaluation of ``tokens`` ``chunk`` faces at a time (faces are independent there)."""
+        parts = [self.forward(part, return_edges) for part in tokens.split(chunk)]
+        if not return_edges:
+            return torch.cat(parts)
+        return MEFLOutput(*(None if field[0] is None else torch.cat(field)
+                            for field in zip(*parts)))
 
     def _empty_output(self, tokens: Tensor, dense: bool,
                       return_edges: bool) -> Union[Tensor, MEFLOutput]:

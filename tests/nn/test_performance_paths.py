@@ -439,3 +439,20 @@ def test_slot_norm_cyclic_matches_forward(channels, momentum, training):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
     for got, want in zip(norms[0].buffers(), norms[1].buffers()):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("edge_head", [False, True])
+def test_eval_in_chunks_of_faces_matches_the_whole_batch(edge_head):
+    torch.manual_seed(15)
+    model = MEFL(16, 5, 2, sub_au_sources=[1, 3], edge_head=edge_head).to(DTYPE).eval()
+    x = torch.randn(7, 4, 16, dtype=DTYPE)
+    model.faces_per_chunk = None
+    whole = model(x, return_edges=True)
+    model.faces_per_chunk = 3  # chunks of 3, 3 and 1 faces
+    chunked = model(x, return_edges=True)
+    for got, want in zip(chunked, whole):
+        if want is None:
+            assert got is None
+        else:
+            torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(model(x), whole.probs, rtol=1e-12, atol=1e-12)
