@@ -43,6 +43,7 @@ def assert_compiled_matches_eager(fn, module, args, grad_inputs, backend="aot_ea
     state = {k: v.clone() for k, v in module.state_dict().items()}
     eager = run(fn, module, args, grad_inputs)
     module.load_state_dict(state)  # the same running statistics before the compiled call
+    torch._dynamo.reset()  # each test compiles afresh (no recompile limits across tests)
     compiled = run(torch.compile(fn, fullgraph=True, backend=backend), module, args, grad_inputs)
     for got_group, want_group, rtol in zip(compiled, eager, (1e-5, 1e-4, 1e-5)):
         for got, want in zip(got_group, want_group):
