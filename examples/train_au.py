@@ -84,9 +84,10 @@ def parse_args(argv=None):
                         help="linear warm-up then cosine decay over --epochs, or constant")
     parser.add_argument("--warmup-epochs", type=float, default=DEFAULT_WARMUP_EPOCHS,
                         help="epochs of linear learning-rate warm-up")
-    parser.add_argument("--patience", type=int, default=DEFAULT_PATIENCE,
+    parser.add_argument("--patience", type=int, default=None,
                         help="stop after this many epochs without a better validation mean F1 "
-                        "(0: never)")
+                        f"(0: never; default: {PATIENCE_FRACTION} of --epochs, at least "
+                        f"{MIN_PATIENCE}, which scales with the schedule)")
     parser.add_argument("--token-norm", type=_token_norm_name, default=DEFAULT_TOKEN_NORM,
                         help="token normalisation fitted on the training split: 'auto' (chosen "
                         f"on the training data from {list(AUTO_CANDIDATES)}), 'none', or steps "
@@ -106,7 +107,8 @@ def parse_args(argv=None):
 
 
 # The recipe chosen on benchmarks/training_suite (see its README): every family, not the demo.
-DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_WARMUP_EPOCHS, DEFAULT_PATIENCE = 10, 1e-2, 1.0, 3
+DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_WARMUP_EPOCHS = 10, 1e-2, 1.0
+PATIENCE_FRACTION, MIN_PATIENCE = 0.3, 3
 DEFAULT_TOKEN_NORM = "auto"
 
 
@@ -149,6 +151,16 @@ def build_token_norm(args, train, val, backbone):
                   flush=True)
     token_norm = TokenNorm(name)
     return token_norm.fit([Data(tokens=train_tokens)]) if token_norm.needs_fit else token_norm
+
+
+def patience(args):
+    """Early-stopping patience in epochs (``None``: never stop early)."""
+    if args.patience is None:
+        return max(MIN_PATIENCE, round(PATIENCE_FRACTION * args.epochs))
+    if args.patience < 0:
+        raise ValueError(f"--patience: expected an int >= 0 (0: never stop early), got "
+                         f"{args.patience}")
+    return args.patience or None
 
 
 def with_transform(part, transform):
@@ -259,7 +271,7 @@ def main(argv=None):
 
     history = fit(model, optimizer, loss_fn, train_loader, val_loader, args.epochs, args.out,
                   resume=args.resume, device=device, log=lambda line: print(line, flush=True),
-                  scheduler=scheduler, calibrate=True, patience=args.patience or None,
+                  scheduler=scheduler, calibrate=True, patience=patience(args),
                   extra_state={TOKEN_NORM_KEY: token_norm.state_dict()})
 
     best = torch.load(os.path.join(args.out, BEST), map_location="cpu", weights_only=True)

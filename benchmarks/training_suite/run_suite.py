@@ -95,8 +95,8 @@ def train(family, path, recipe, flags, out_dir):
 
 def table(results, recipe=DEFAULT):
     lines = ["| family | train_au.py (default flags) | at 0.5 | token norm (auto) | "
-             "predict all present | token-wise MLP | ridge probe |",
-             "|---|---|---|---|---|---|---|"]
+             "predict all present | token-wise MLP | ridge probe | vs all present / ridge |",
+             "|---|---|---|---|---|---|---|---|"]
     for family in FAMILIES:
         run = results["runs"].get(recipe, {}).get(family)
         base = results["baselines"].get(family)
@@ -104,7 +104,9 @@ def table(results, recipe=DEFAULT):
             continue
         lines.append(f"| {family} | **{run['mean_f1']:.1f}** | {run['mean_f1_at_0.5']:.1f} | "
                      f"{run['token_norm']} | {base['all_present']:.1f} | "
-                     f"{base['token_mlp']:.1f} | {base['ridge']:.1f} |")
+                     f"{base['token_mlp']:.1f} | {base['ridge']:.1f} | "
+                     f"{run['mean_f1'] - base['all_present']:+.1f} / "
+                     f"{run['mean_f1'] - base['ridge']:+.1f} |")
     return "\n".join(lines)
 
 
