@@ -11,6 +11,7 @@ from torch_geometric.utils import softmax
 
 from ..utils.checks import check_edge_attr, check_edge_index, check_node_features
 from .norm import SlotBatchNorm
+from .ops import gated_run_messages
 
 NORMS = (None, "batch", "slot")
 RESIDUALS = ("post", "pre")
@@ -128,8 +129,9 @@ class GatedGNNLayer(MessagePassing):
         edge_attr = self.edge_updater(edge_index, ax=self.lin_a(x), bx=self.lin_b(x),
                                       edge_attr=edge_attr, edge_slot=edge_slot,
                                       in_degree=in_degree, cyclic_slots=cyclic_slots)
-        out = self.lin_u(x) + self.propagate(edge_index, vx=self.lin_v(x),
-                                             gate=torch.sigmoid(edge_attr), in_degree=in_degree)
+        out = self.lin_u(x) + self.propagate(edge_index, size=(x.size(0), x.size(0)),
+                                             vx=self.lin_v(x), gate_logits=edge_attr,
+                                             in_degree=in_degree)
         out = _apply_norm(self.norm_node, out, node_slot, cyclic_slots)
         out = x + torch.relu(out) if self.residual == "post" else torch.relu(x + out)
         return out, edge_attr
@@ -146,14 +148,16 @@ class GatedGNNLayer(MessagePassing):
         return edge_attr + torch.relu_(_apply_norm(self.norm_edge, update, edge_slot,
                                                    cyclic_slots))
 
-    def message(self, vx_j: Tensor, gate: Tensor, index: Tensor, ptr: Optional[Tensor],
-                size_i: Optional[int], in_degree: Optional[int]) -> Tensor:
+    def message(self, vx: Tensor, edge_index_j: Tensor, gate_logits: Tensor, index: Tensor,
+                ptr: Optional[Tensor], size_i: Optional[int],
+                in_degree: Optional[int]) -> Tensor:
         if in_degree is None:
-            return softmax(gate, index, ptr, size_i) * vx_j
+            gate = softmax(torch.sigmoid(gate_logits), index, ptr, size_i)
+            return gate * vx.index_select(0, edge_index_j)
         # Edges in equal consecutive runs per target: the softmax over the sources of a target is
-        # a softmax over one axis of a [targets, in-degree, C] view, with no scatter.
-        gate = torch.softmax(gate.view(-1, in_degree, gate.size(-1)), dim=1)
-        return gate.view_as(vx_j) * vx_j
+        # a softmax over one axis of a [targets, in-degree, C] view, with no scatter, and the
+        # gates and gathered values are recomputed in the backward pass instead of stored.
+        return gated_run_messages(gate_logits, vx, edge_index_j, in_degree)
 
     def aggregate(self, inputs: Tensor, index: Tensor, ptr: Optional[Tensor] = None,
                   dim_size: Optional[int] = None, in_degree: Optional[int] = None) -> Tensor:
