@@ -12,23 +12,24 @@ from ..nn.mefl import MEFL, MEFLOutput
 
 
 class FaceAUModel(Module):
-    r"""MEFL on face graphs, behind an optional backbone that computes each face's tokens from
+    r"""An AU head (:class:`~pyg_mefl.MEFL` or the stage-1 :class:`~pyg_mefl.ANFL`) on face
+    graphs, behind an optional backbone that computes each face's tokens from
     its ``image`` (for :class:`~pyg_mefl.datasets.ImageListFaceDataset`); without a backbone the
     graphs carry their tokens. :meth:`from_pretrained` builds a whole published model
     (backbone, global linear block, head) that :meth:`predict` runs on face images.
 
     Args:
-        head (MEFL): The AU head.
+        head (MEFL or ANFL): The AU head.
         backbone (torch.nn.Module, optional): Images :math:`(B, 3, H, W)` to tokens
             :math:`(B, D, C)`, e.g. :class:`~pyg_mefl.backbones.SmallCNN`.
 
     Shapes:
         - **input:** a ``Batch`` of face graphs
         - **output:** :class:`~pyg_mefl.MEFLOutput` (``edge_attr`` and ``edge_logits`` aligned
-          with ``batch.edge_index``)
+          with ``batch.edge_index``; both :obj:`None` for an ANFL head)
     """
 
-    def __init__(self, head: MEFL, backbone: Optional[Module] = None):
+    def __init__(self, head: Module, backbone: Optional[Module] = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -54,7 +55,10 @@ class FaceAUModel(Module):
         if self.backbone is not None:
             batch = copy.copy(batch)
             batch.tokens = self.tokens(batch)
-        return self.head(batch, return_edges=True)
+        if isinstance(self.head, MEFL):
+            return self.head(batch, return_edges=True)
+        # a stage-1 head builds its own kNN graph per face and has no edge features to return
+        return MEFLOutput(self.head(batch), None, None)
 
     def predict(self, images: Tensor) -> Tensor:
         """AU probabilities ``[B, num_outputs]`` in :attr:`au_names` order of images

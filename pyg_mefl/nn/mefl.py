@@ -21,10 +21,11 @@ class MEFLOutput(NamedTuple):
     ``edge_attr``: final edge features, ``[B, N*N, C]`` in the reference edge order for a tensor
     input, ``[E, C]`` aligned with ``batch.edge_index`` for a ``Data``/``Batch`` input.
     ``edge_logits``: relation logits of the edge head, shaped like ``edge_attr`` with 4 classes,
-    or :obj:`None` without the edge head.
+    or :obj:`None` without the edge head. (:class:`~pyg_mefl.FaceAUModel` with a stage-1 head
+    returns :obj:`None` for both.)
     """
     probs: Tensor
-    edge_attr: Tensor
+    edge_attr: Optional[Tensor]
     edge_logits: Optional[Tensor]
 
 

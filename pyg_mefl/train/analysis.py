@@ -7,6 +7,7 @@ from torch import Tensor
 from torch_geometric.utils import scatter, softmax
 
 from ..models.face_au_model import FaceAUModel
+from ..nn.mefl import MEFL
 
 
 @torch.no_grad()
@@ -16,6 +17,9 @@ def au_relations(model: FaceAUModel, loader, device: torch.device) -> Tuple[Tens
     never seen), and its description: with an edge head, the softmax probability of class 3
     ("both AUs active"); without, the mean over channels of the last GNN layer's gate
     :math:`\eta_{j \to i}` (SPEC §5)."""
+    if not isinstance(model.head, MEFL):
+        raise TypeError(f"au_relations: expected a model with a MEFL head (its edge features "
+                        f"hold the relations), got a {type(model.head).__name__} head")
     model.eval()
     num_aus = model.head.num_main_aus
     total = torch.zeros(num_aus * num_aus, dtype=torch.float64)
