@@ -12,7 +12,7 @@ from torch_geometric.nn.conv import MessagePassing
 from ..utils.checks import check_edge_index
 from .blocks import AUFeatureBlocks
 from .facial_graph import METRICS, au_knn_graph
-from .gnn import NORMS, _apply_norm, _make_norm
+from .norm import NORMS, apply_norm, make_norm
 from .similarity import face_inputs, init_au_head, similarity_scores
 
 
@@ -57,7 +57,7 @@ class ANFLLayer(MessagePassing):
         self.norm_kind = norm
         self.lin_u = Linear(in_channels, in_channels)
         self.lin_v = Linear(in_channels, in_channels)
-        self.norm = _make_norm(norm, in_channels, num_node_slots, "num_node_slots")
+        self.norm = make_norm(norm, in_channels, num_node_slots, "num_node_slots")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -77,7 +77,7 @@ class ANFLLayer(MessagePassing):
             raise ValueError(f"edge_weight: expected shape [{edge_index.size(1)}] (one weight per "
                              f"edge of edge_index), got {list(edge_weight.shape)}")
         out = self.propagate(edge_index, vx=self.lin_v(x), edge_weight=edge_weight)
-        out = _apply_norm(self.norm, out + self.lin_u(x), node_slot)
+        out = apply_norm(self.norm, out + self.lin_u(x), node_slot)
         return torch.relu(x + out)
 
     def message(self, vx_j: Tensor, edge_weight: Optional[Tensor]) -> Tensor:

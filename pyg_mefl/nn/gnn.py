@@ -6,36 +6,13 @@ import torch
 from torch import Tensor
 from torch.nn import Linear, Module, ModuleList
 from torch_geometric.nn.conv import MessagePassing
-from torch_geometric.nn.norm import BatchNorm
 from torch_geometric.utils import softmax
 
 from ..utils.checks import check_edge_attr, check_edge_index, check_node_features
-from .norm import SlotBatchNorm
+from .norm import NORMS, apply_norm, make_norm
 from .ops import gated_run_messages
 
-NORMS = (None, "batch", "slot")
 RESIDUALS = ("post", "pre")
-
-
-def _make_norm(norm: Optional[str], channels: int, num_slots: Optional[int], what: str):
-    if norm is None:
-        return None
-    if norm == "batch":
-        return BatchNorm(channels)
-    if num_slots is None:
-        raise ValueError(f"norm='slot' needs {what} (the number of slots)")
-    return SlotBatchNorm(num_slots)
-
-
-def _apply_norm(norm: Optional[Module], x: Tensor, slot: Optional[Tensor],
-                cyclic: bool = False) -> Tensor:
-    if norm is None:
-        return x
-    if not isinstance(norm, SlotBatchNorm):
-        return norm(x)
-    if cyclic:
-        return norm.cyclic(x.view(-1, norm.num_slots, x.size(-1))).view_as(x)
-    return norm(x, slot)
 
 
 class GatedGNNLayer(MessagePassing):
@@ -105,8 +82,8 @@ class GatedGNNLayer(MessagePassing):
         self.lin_a = Linear(in_channels, in_channels, bias=False)
         self.lin_b = Linear(in_channels, in_channels, bias=False)
         self.lin_e = Linear(in_channels, in_channels, bias=False)
-        self.norm_node = _make_norm(norm, in_channels, num_node_slots, "num_node_slots")
-        self.norm_edge = _make_norm(norm, in_channels, num_edge_slots, "num_edge_slots")
+        self.norm_node = make_norm(norm, in_channels, num_node_slots, "num_node_slots")
+        self.norm_edge = make_norm(norm, in_channels, num_edge_slots, "num_edge_slots")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -132,7 +109,7 @@ class GatedGNNLayer(MessagePassing):
         out = self.lin_u(x) + self.propagate(edge_index, size=(x.size(0), x.size(0)),
                                              vx=self.lin_v(x), gate_logits=edge_attr,
                                              in_degree=in_degree)
-        out = _apply_norm(self.norm_node, out, node_slot, cyclic_slots)
+        out = apply_norm(self.norm_node, out, node_slot, cyclic_slots)
         out = x + torch.relu(out) if self.residual == "post" else torch.relu(x + out)
         return out, edge_attr
 
@@ -145,7 +122,7 @@ class GatedGNNLayer(MessagePassing):
             runs = bx_j.view(-1, in_degree, bx_j.size(-1))
             update = (runs + ax[:runs.size(0)].unsqueeze(1)).view_as(bx_j)
         update = torch.addmm(update, edge_attr, self.lin_e.weight.t())     # + E e_{j->i}
-        return edge_attr + torch.relu_(_apply_norm(self.norm_edge, update, edge_slot,
+        return edge_attr + torch.relu_(apply_norm(self.norm_edge, update, edge_slot,
                                                    cyclic_slots))
 
     def message(self, vx: Tensor, edge_index_j: Tensor, gate_logits: Tensor, index: Tensor,

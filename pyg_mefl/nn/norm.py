@@ -4,6 +4,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 from torch.nn import Module, Parameter
+from torch_geometric.nn.norm import BatchNorm
 from torch_geometric.utils import scatter
 
 from .sync_norm import gather_moments, is_syncing
@@ -198,3 +199,32 @@ class SlotBatchNorm(Module):
         channels = "" if self.num_channels is None else f", num_channels={self.num_channels}"
         return (f"{self.num_slots}{channels}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+
+NORMS = (None, "batch", "slot")
+
+
+def make_norm(norm: Optional[str], channels: int, num_slots: Optional[int], what: str
+              ) -> Optional[Module]:
+    """The node or edge norm a graph layer asks for by name (one of :data:`NORMS`): none, PyG's
+    per-channel ``BatchNorm``, or a :class:`SlotBatchNorm` of ``num_slots`` (named ``what``)."""
+    if norm is None:
+        return None
+    if norm == "batch":
+        return BatchNorm(channels)
+    if num_slots is None:
+        raise ValueError(f"norm='slot' needs {what} (the number of slots)")
+    return SlotBatchNorm(num_slots)
+
+
+def apply_norm(norm: Optional[Module], x: Tensor, slot: Optional[Tensor],
+               cyclic: bool = False) -> Tensor:
+    """``norm`` (from :func:`make_norm`) on rows ``x`` whose slots are ``slot``, or whose rows cycle
+    through the slots when ``cyclic``."""
+    if norm is None:
+        return x
+    if not isinstance(norm, SlotBatchNorm):
+        return norm(x)
+    if cyclic:
+        return norm.cyclic(x.view(-1, norm.num_slots, x.size(-1))).view_as(x)
+    return norm(x, slot)
