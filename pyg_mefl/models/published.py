@@ -8,7 +8,6 @@ import contextlib
 import os
 from typing import Dict, Mapping, Optional, Tuple
 
-import torch
 from torch import Tensor
 
 from ..nn.anfl import ANFL

@@ -1,7 +1,6 @@
 """Whole published models (SPEC §10): FaceAUModel.from_pretrained on files written as the
 published code writes them, against torchvision / timm and the dense heads holding the same
 tensors; round trips; typed errors naming the file and the keys."""
-import json
 import os
 from collections import OrderedDict
 
@@ -10,7 +9,6 @@ import pytest
 import torch
 from PIL import Image
 
-from dense_reference import DenseLinearBlock
 from pairs import relative_error
 from published_models import (ReferenceModel, random_backbone_state, reference_head,
                               save_hub_directory, save_training_checkpoint, whole_model_state)

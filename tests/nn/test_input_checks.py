@@ -1,7 +1,7 @@
 """A user's mistake is a typed error that names the argument and the expectation."""
 import pytest
 import torch
-from torch_geometric.data import Batch, Data
+from torch_geometric.data import Batch
 
 from pyg_mefl import MEFL, GatedGNNLayer, face_graph
 
