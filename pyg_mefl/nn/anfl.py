@@ -160,7 +160,7 @@ class ANFL(Module):
         num_faces = tokens.size(0)
         if num_faces == 0:  # e.g. a video frame without a face
             return tokens.new_zeros(0, self.num_main_aus + self.num_sub_aus)
-        node_x = self.afg(tokens, au_id, batch).mean(dim=1)
+        node_x = self.afg(tokens, au_id, batch, every_au=isinstance(x, Tensor)).mean(dim=1)
         if isinstance(x, Tensor):  # every face holds all AUs: no batch vector to check
             edge_index, edge_weight = au_knn_graph(node_x.view(num_faces, self.num_main_aus, -1),
                                                    self.neighbor_num, metric=self.metric)
