@@ -109,8 +109,14 @@ def load_token_norm(checkpoint: Union[str, os.PathLike, dict]) -> Optional[Token
     if not isinstance(checkpoint, dict):
         if not os.path.isfile(checkpoint):
             raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
-        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        path = checkpoint
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many types for a truncated or foreign file
+            raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
+                             f"{type(error).__name__}") from None
         if not isinstance(checkpoint, dict):
-            raise ValueError(f"expected a checkpoint dict, got {type(checkpoint).__name__}")
+            raise ValueError(f"{path}: expected a checkpoint dict, got "
+                             f"{type(checkpoint).__name__}")
     state = checkpoint.get(CHECKPOINT_KEY)
     return None if state is None else TokenNorm.from_state_dict(state)

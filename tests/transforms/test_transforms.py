@@ -118,6 +118,13 @@ def test_token_norm_names_and_checkpoints_without_one(tmp_path):
     assert load_token_norm(published) is None  # published checkpoints carry none
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_token_norm(tmp_path / "missing.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(published.read_bytes()[:20])
+    with pytest.raises(ValueError, match="truncated.pt: not a readable checkpoint"):
+        load_token_norm(truncated)
+    torch.save([1, 2], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="list.pt: expected a checkpoint dict, got list"):
+        load_token_norm(tmp_path / "list.pt")
     with pytest.raises(KeyError, match="expects statistics for steps"):
         load_token_norm({"token_norm": {"name": "channels", "steps": {}}})
 
