@@ -24,10 +24,17 @@ floor` (``batch == arange(V) // n``).
 floor`: edges sorted by target, ``k`` per node
             (:func:`uniform_in_degree`).
         within_graphs (bool): every edge joins two nodes of one graph.
+        complete (bool): every graph is the complete graph over its ``nodes_per_graph`` nodes
+            in the reference edge order (:func:`complete_au_graph`): edge :math:`e` runs from
+            node :math:`n \lfloor e / n^2 \rfloor + (e \bmod n)` to node
+            :math:`\lfloor e / n \rfloor`, so the source features of the edges are a broadcast
+            of the face's node features and the per-edge products of a face form one block
+            product.
     """
     nodes_per_graph: Optional[int] = None
     in_degree: Optional[int] = None
     within_graphs: bool = False
+    complete: bool = False
 
     @classmethod
     def of_batch(cls, layouts: Union["GraphLayout", Iterable["GraphLayout"]]) -> "GraphLayout":
@@ -44,7 +51,10 @@ floor`: edges sorted by target, ``k`` per node
             first.nodes_per_graph if all(l.nodes_per_graph == first.nodes_per_graph
                                          for l in layouts) else None,
             first.in_degree if all(l.in_degree == first.in_degree for l in layouts) else None,
-            all(layout.within_graphs for layout in layouts))
+            all(layout.within_graphs for layout in layouts),
+            first.nodes_per_graph is not None and all(
+                layout.complete and layout.nodes_per_graph == first.nodes_per_graph
+                for layout in layouts))
 
     def check(self, edge_index: Tensor, batch: Tensor, name: str = "graph_layout") -> None:
         """Raise a :class:`ValueError` naming ``name`` if ``edge_index`` or ``batch`` break a fact
@@ -61,6 +71,9 @@ floor`: edges sorted by target, ``k`` per node
         if self.within_graphs and num_edges and not bool(
                 (batch[edge_index[0]] == batch[edge_index[1]]).all()):
             broken.append("within_graphs=True")
+        if self.complete and not torch.equal(edge_index, complete_au_graph(
+                self.nodes_per_graph, batch.numel() // self.nodes_per_graph, edge_index.device)):
+            broken.append("complete=True")
         if broken:
             raise ValueError(f"{name}: the graph no longer has {', '.join(broken)} (was its "
                              f"edge_index changed after it was built? rebuild it with face_graph, "
@@ -147,7 +160,9 @@ def face_graph(tokens: Optional[Tensor], num_aus: Optional[int] = None,
     if edge_index is None:
         edge_index = complete_au_graph(num_nodes)
     check_edge_index(edge_index, num_nodes)
-    layout = GraphLayout(num_nodes, uniform_in_degree(edge_index, num_nodes), True)
+    in_degree = uniform_in_degree(edge_index, num_nodes)
+    complete = in_degree == num_nodes and torch.equal(edge_index, complete_au_graph(num_nodes))
+    layout = GraphLayout(num_nodes, in_degree, True, complete)
     data = Data(tokens=None if tokens is None else tokens.unsqueeze(0), au_id=au_id,
                 edge_index=edge_index, num_nodes=num_nodes, graph_layout=layout)
     if labels is not None:

@@ -10,7 +10,7 @@ from torch_geometric.utils import softmax
 
 from ..utils.checks import check_edge_attr, check_edge_index, check_node_features
 from .norm import NORMS, apply_norm, make_norm
-from .ops import gated_run_messages
+from .gated_messages import gated_run_messages
 
 RESIDUALS = ("post", "pre")
 

@@ -14,7 +14,8 @@ import pyg_mefl.nn.ops as ops
 from pyg_mefl import (MEFL, AUFeatureBlocks, GatedGNNLayer, GraphEdgeModel, GraphLayout,
                       SlotBatchNorm,
                       complete_au_graph, edge_slots, face_graph, gather_matmul, uniform_in_degree)
-from pyg_mefl.nn.ops import gated_run_messages, softmax_column_moments
+from pyg_mefl.nn.gated_messages import gated_run_messages
+from pyg_mefl.nn.ops import softmax_column_moments
 
 DTYPE = torch.float64
 
@@ -53,15 +54,21 @@ def test_uniform_in_degree(target, num_nodes, expected):
 
 def test_face_graph_records_its_layout():
     tokens = torch.randn(3, 4)
-    assert face_graph(tokens, 5).graph_layout == GraphLayout(5, 5, True)
+    assert face_graph(tokens, 5).graph_layout == GraphLayout(5, 5, True, True)
     sparse = face_graph(tokens, 3, edge_index=torch.tensor([[0, 1, 2], [1, 0, 0]]))
     assert sparse.graph_layout == GraphLayout(3, None, True)
     batch = Batch.from_data_list([face_graph(tokens, 4), face_graph(tokens, 4)])
-    assert GraphLayout.of_batch(batch.graph_layout) == GraphLayout(4, 4, True)
+    assert GraphLayout.of_batch(batch.graph_layout) == GraphLayout(4, 4, True, True)
     mixed = Batch.from_data_list([face_graph(tokens, 4), face_graph(tokens, au_ids=[0, 2])])
     assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(None, None, True)
     mixed = Batch.from_data_list([face_graph(tokens, 4), sparse])
     assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(None, None, True)
+    # every target keeps all 4 sources, in another order: uniform, but not the reference order
+    shuffled = complete_au_graph(4).view(2, 4, 4).flip(2).reshape(2, -1)
+    assert face_graph(tokens, 4, edge_index=shuffled).graph_layout == GraphLayout(4, 4, True)
+    mixed = Batch.from_data_list([face_graph(tokens, 4), face_graph(tokens, 4,
+                                                                   edge_index=shuffled)])
+    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(4, 4, True)
 
 
 def test_stale_layout_is_refused():
