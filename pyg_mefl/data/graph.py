@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
-from ..utils.checks import check_edge_index, check_labels, check_tokens
+from ..utils.checks import check_edge_index, check_labels, check_tokens, reads_values
 
 
 class GraphLayout(NamedTuple):
@@ -58,8 +58,13 @@ floor`: edges sorted by target, ``k`` per node
 
     def check(self, edge_index: Tensor, batch: Tensor, name: str = "graph_layout") -> None:
         """Raise a :class:`ValueError` naming ``name`` if ``edge_index`` or ``batch`` break a fact
-        this layout states (e.g. an ``edge_index`` changed after the graph was built). Reads the
-        index values: call it outside compiled code."""
+        this layout states (e.g. an ``edge_index`` changed after the graph was built). The check
+        reads the index values, so, like the other value checks
+        (:func:`~pyg_mefl.utils.checks.reads_values`), it runs on the CPU, and on a GPU only in
+        PyG's debug mode (``with torch_geometric.debug():``); inside compiled code it is a
+        no-op."""
+        if not reads_values(edge_index):
+            return
         num_edges = edge_index.size(1)
         broken = []
         if self.nodes_per_graph is not None and not torch.equal(

@@ -9,7 +9,7 @@ from torch.nn import Module, Parameter
 from torch_geometric.data import Data
 
 from ..data.aus import OPENGRAPHAU_SUB_SOURCES, check_au_names, default_au_names
-from ..utils.checks import check_tokens
+from ..utils.checks import check_tokens, index_bounds
 
 
 def init_au_head(head: Module, in_channels: int, num_main_aus: int, num_sub_aus: int,
@@ -55,7 +55,11 @@ def sub_au_index(num_main_aus: int, num_sub_aus: int,
 def face_inputs(x: Union[Tensor, Data], in_channels: int, num_main_aus: int,
                 check_finite: bool, owner: str) -> Tuple[Tensor, Tensor, Tensor]:
     """``(tokens, au_id, batch)`` of a head's input: tokens ``[B, D, C]`` (every face holds all
-    ``num_main_aus`` AUs, in order) or a :func:`~pyg_mefl.face_graph` ``Data``/``Batch``."""
+    ``num_main_aus`` AUs, in order) or a :func:`~pyg_mefl.face_graph` ``Data``/``Batch``.
+    Shapes and dtypes are always checked; the finiteness of the tokens (``check_finite``) and
+    the range of ``au_id``, which read values, on the CPU or in PyG's debug mode only
+    (:func:`~pyg_mefl.utils.checks.reads_values`): on a GPU the call never waits for the
+    device."""
     if isinstance(x, Tensor):
         check_tokens(x, in_channels, finite=check_finite)
         num_faces = x.size(0)
@@ -67,11 +71,12 @@ def face_inputs(x: Union[Tensor, Data], in_channels: int, num_main_aus: int,
         raise TypeError(f"{owner}: expected a tokens tensor [B, D, C] or a face_graph "
                         f"Data/Batch (with tokens and au_id), got {type(x).__name__}")
     check_tokens(x.tokens, in_channels, "data.tokens", finite=check_finite)
-    # (eager only: Batch.num_nodes and the max are host reads that torch.compile cannot trace)
-    if not torch.compiler.is_compiling() and (x.au_id.shape != (x.num_nodes,) or (
-            x.au_id.numel() and int(x.au_id.max()) >= num_main_aus)):
-        raise ValueError(f"data.au_id: expected {x.num_nodes} AU ids in "
-                         f"[0, {num_main_aus}) (num_main_aus)")
+    if not torch.compiler.is_compiling():  # Batch.num_nodes: a Python value dynamo cannot trace
+        bounds = index_bounds(x.au_id)
+        if x.au_id.shape != (x.num_nodes,) or bounds is not None and not (
+                0 <= bounds[0] and bounds[1] < num_main_aus):
+            raise ValueError(f"data.au_id: expected {x.num_nodes} AU ids in "
+                             f"[0, {num_main_aus}) (num_main_aus)")
     batch = x.batch if getattr(x, "batch", None) is not None else \
         torch.zeros(x.num_nodes, dtype=torch.long, device=x.tokens.device)
     return x.tokens, x.au_id, batch

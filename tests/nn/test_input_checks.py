@@ -1,9 +1,12 @@
 """A user's mistake is a typed error that names the argument and the expectation."""
 import pytest
 import torch
+import torch_geometric
+from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 from torch_geometric.data import Batch
 
-from pyg_mefl import MEFL, GatedGNNLayer, face_graph
+from pyg_mefl import MEFL, GatedGNNLayer, GraphLayout, face_graph
+from pyg_mefl.utils.checks import check_edge_index, check_tokens, reads_values
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +60,33 @@ def test_bad_edge_index(model):
 def test_au_ids_outside_the_vocabulary(model):
     with pytest.raises(ValueError, match=r"data.au_id: expected 2 AU ids in \[0, 4\)"):
         model(face_graph(torch.randn(5, 8), au_ids=[1, 6]))
+    data = face_graph(torch.randn(5, 8), 4)
+    data.au_id = torch.tensor([0, -1, 2, 3])  # edited after the graph was built
+    with pytest.raises(ValueError, match=r"data.au_id: expected 4 AU ids in \[0, 4\)"):
+        model(data)
+
+
+def test_value_checks_read_cpu_tensors_or_in_debug_mode_only():
+    """Reading values on a GPU waits for the device: like PyG, value checks run there only in
+    debug mode. Fake CUDA tensors (no GPU needed) raise at any read of their values."""
+    assert reads_values(torch.zeros(2, dtype=torch.long))
+    layout = GraphLayout(2, 2, True, True)
+    with FakeTensorMode():
+        edge_index = torch.zeros(2, 4, dtype=torch.long, device="cuda")
+        batch = torch.zeros(2, dtype=torch.long, device="cuda")
+        tokens = torch.zeros(2, 3, 8, device="cuda")
+        assert not reads_values(edge_index)
+        check_edge_index(edge_index, 2)
+        check_tokens(tokens, 8)
+        layout.check(edge_index, batch)
+        with torch_geometric.debug():
+            assert reads_values(edge_index)
+            for check in (lambda: check_edge_index(edge_index, 2), lambda: check_tokens(tokens, 8),
+                          lambda: layout.check(edge_index, batch)):
+                with pytest.raises(DataDependentOutputException):
+                    check()
+        with pytest.raises(ValueError, match=r"tokens: expected shape \[B, D, 7\]"):
+            check_tokens(tokens, 7)  # shapes are metadata: always checked
 
 
 def test_labels_outside_the_label_set():
