@@ -1,4 +1,7 @@
-"""Gated messages over runs of edges that share a target (the gated GNN's uniform in-degree path)."""
+"""Gated messages over runs of edges that share a target (the gated GNN's uniform in-degree path),
+and over complete graphs, where the source values are a broadcast of the node values."""
+from typing import Optional
+
 import torch
 from torch import Tensor
 
@@ -7,36 +10,59 @@ class _GatedRunMessages(torch.autograd.Function):
     # Saves the edge logits and the node-level values only: the gates and the gathered source
     # values ([E, C] each) are recomputed in the backward pass.
     @staticmethod
-    def forward(ctx, logits: Tensor, x: Tensor, source: Tensor, run_length: int) -> Tensor:
-        gate = _run_softmax(torch.sigmoid(logits), run_length)
+    def forward(ctx, logits: Tensor, x: Tensor, source: Optional[Tensor],
+                run_length: int) -> Tensor:
         ctx.save_for_backward(logits, x, source)
         ctx.run_length = run_length
-        return gate * x.index_select(0, source)
+        return _times_sources(_gates(logits, x, run_length), x, source, run_length)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         logits, x, source = ctx.saved_tensors
-        sigmoid = torch.sigmoid(logits)
-        gate = _run_softmax(sigmoid, ctx.run_length)
+        k = ctx.run_length
+        gate = _gates(logits, x, k)
+        work = grad_out * gate                                               # g * eta
         grad_x = grad_logits = None
-        if ctx.needs_input_grad[1]:  # d x[s] = g * eta, summed into each source
-            grad_x = torch.zeros_like(x).index_add_(0, source, (grad_out * gate).to(x.dtype))
-        if ctx.needs_input_grad[0]:  # softmax over each run, then the sigmoid (in place: one
-            # [E, C] buffer besides the recomputed sigmoid and gate)
-            work = x.index_select(0, source).mul_(grad_out)                 # d eta
-            runs, gate_runs = work.view(-1, ctx.run_length, work.size(-1)), gate.view(
-                -1, ctx.run_length, work.size(-1))
-            runs.sub_((runs * gate_runs).sum(dim=1, keepdim=True)).mul_(gate_runs)  # d sigmoid
-            del gate, gate_runs
-            grad_logits = work.mul_(sigmoid).mul_(sigmoid.neg_().add_(1)).to(logits.dtype)
+        if ctx.needs_input_grad[1]:  # d x[s]: g * eta summed over the edges leaving s
+            if source is None:  # complete graphs: a sum over the target axis of each face
+                grad_x = work.view(-1, k, k, x.size(-1)).sum(dim=1).view_as(x).to(x.dtype)
+            else:
+                grad_x = torch.zeros_like(x).index_add_(0, source, work.to(x.dtype))
+        if ctx.needs_input_grad[0]:
+            # With d eta = g * x[s], through the softmax of each run d sigma = eta * d eta -
+            # eta * sum_run(eta * d eta), then through the sigmoid d l = d sigma * sigma *
+            # (1 - sigma); in place in one [E, C] buffer besides the recomputed gates.
+            runs = _times_sources(work, x, source, k).view(-1, k, work.size(-1))
+            runs.addcmul_(gate.view_as(runs), runs.sum(dim=1, keepdim=True), value=-1)
+            sigmoid = torch.sigmoid(logits.to(gate.dtype), out=gate)
+            grad_logits = torch.ops.aten.sigmoid_backward.grad_input(
+                work, sigmoid, grad_input=work).to(logits.dtype)
         return grad_logits, grad_x, None, None
 
 
-def _run_softmax(values: Tensor, run_length: int) -> Tensor:
-    return torch.softmax(values.view(-1, run_length, values.size(-1)), dim=1).view_as(values)
+def _gates(logits: Tensor, x: Tensor, run_length: int) -> Tensor:
+    r"""A new ``[E, C]`` tensor (of the dtype of a product of ``logits`` and ``x``) of
+    :math:`\mathrm{softmax}(\sigma(\mathbf{l}))` over each run, computed in place:
+    :math:`\sigma \in (0, 1)`, so :math:`e^\sigma` needs no shift by the run's maximum."""
+    gate = torch.sigmoid(logits.contiguous()).to(torch.promote_types(logits.dtype, x.dtype))
+    runs = gate.view(-1, run_length, gate.size(-1)).exp_()
+    runs.div_(runs.sum(dim=1, keepdim=True))
+    return gate
 
 
-def gated_run_messages(logits: Tensor, x: Tensor, source: Tensor, run_length: int) -> Tensor:
+def _times_sources(values: Tensor, x: Tensor, source: Optional[Tensor], run_length: int
+                   ) -> Tensor:
+    """``values[e] * x[source[e]]`` in place in ``values``; ``source=None``: complete graphs of
+    ``run_length`` nodes, the source values a broadcast of each face's ``[1, n, C]`` node block."""
+    if source is None:
+        n = run_length
+        values.view(-1, n, n, values.size(-1)).mul_(x.view(-1, 1, n, x.size(-1)))
+        return values
+    return values.mul_(x.index_select(0, source))
+
+
+def gated_run_messages(logits: Tensor, x: Tensor, source: Optional[Tensor],
+                       run_length: int) -> Tensor:
     r"""Gated messages :math:`\boldsymbol{\eta}_e \odot \mathbf{x}_{s(e)}` with
     :math:`\boldsymbol{\eta} = \mathrm{softmax}(\sigma(\mathbf{l}))` over each run of
     ``run_length`` consecutive edges (the incoming edges of one target, per channel), as the
@@ -46,7 +72,11 @@ def gated_run_messages(logits: Tensor, x: Tensor, source: Tensor, run_length: in
     Args:
         logits (torch.Tensor): ``[E, C]`` gate logits, edges sorted by target.
         x (torch.Tensor): ``[N, C]`` node values.
-        source (torch.Tensor): ``[E]`` source node of each edge.
+        source (torch.Tensor, optional): ``[E]`` source node of each edge, or :obj:`None` for
+            complete graphs over consecutive blocks of ``n = run_length`` nodes in the reference
+            order (edge :math:`e` from node :math:`n \lfloor e / n^2 \rfloor + (e \bmod n)`):
+            the source values are then a broadcast, and their gradient a sum over each face's
+            target axis, with no gather or scatter.
         run_length (int): Edges per target (the uniform in-degree).
 
     Returns:

@@ -9,7 +9,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.utils import softmax
 
 from ..utils.checks import check_edge_attr, check_edge_index, check_node_features
-from .norm import NORMS, apply_norm, make_norm
+from .norm import NORMS, apply_norm, apply_norm_, make_norm
 from .gated_messages import gated_run_messages
 
 RESIDUALS = ("post", "pre")
@@ -42,8 +42,15 @@ class GatedGNNLayer(MessagePassing):
     aggregation then run over a ``[targets, k, C]`` view without scatter. With
     ``cyclic_slots=True`` (row :math:`r` of the nodes and of the edges is in slot
     :math:`r \bmod` the number of slots, as in batches of complete AU graphs in the reference
-    order) the slot norms run as torch's fused batch norm. The layer never reads index values to
-    choose a path, so it compiles to one graph.
+    order) the slot norms run as torch's fused batch norm. With ``complete=True`` as well (every
+    block of :math:`k` consecutive nodes is a face whose edges form the complete graph in the
+    reference order, :func:`~pyg_mefl.data.complete_au_graph`: edge :math:`e` runs from node
+    :math:`k \lfloor e / k^2 \rfloor + (e \bmod k)` to node :math:`\lfloor e / k \rfloor`), the
+    source terms :math:`\mathbf{B}\mathbf{x}_j` and :math:`\mathbf{V}\mathbf{x}_j` are broadcasts of
+    each face's ``[1, k, C]`` node block and their gradients sums over its target axis: no gather
+    or scatter. Without autograd (inference), the edge update runs in place in one new
+    ``[E, C]`` buffer. The layer never reads index values to choose a path, so it compiles to one
+    graph.
 
     Args:
         in_channels (int): Node and edge feature width :math:`C`.
@@ -59,7 +66,8 @@ class GatedGNNLayer(MessagePassing):
         - **input:** ``x`` :math:`(|\mathcal{V}|, C)`, ``edge_index`` :math:`(2, |\mathcal{E}|)`,
           ``edge_attr`` :math:`(|\mathcal{E}|, C)`, with ``norm="slot"`` also ``node_slot``
           :math:`(|\mathcal{V}|)` and ``edge_slot`` :math:`(|\mathcal{E}|)`; optionally
-          ``in_degree`` (int) and ``cyclic_slots`` (bool)
+          ``in_degree`` (int), ``cyclic_slots`` (bool) and ``complete`` (bool, with
+          ``in_degree``)
         - **output:** ``(x, edge_attr)`` of shapes :math:`(|\mathcal{V}|, C)`,
           :math:`(|\mathcal{E}|, C)`
     """
@@ -97,44 +105,62 @@ class GatedGNNLayer(MessagePassing):
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor,
                 node_slot: Optional[Tensor] = None,
                 edge_slot: Optional[Tensor] = None, in_degree: Optional[int] = None,
-                cyclic_slots: bool = False) -> Tuple[Tensor, Tensor]:
+                cyclic_slots: bool = False, complete: bool = False) -> Tuple[Tensor, Tensor]:
         if self.norm_kind == "slot" and (node_slot is None or edge_slot is None):
             raise ValueError("GatedGNNLayer: norm='slot' needs node_slot and edge_slot")
         check_node_features(x, self.in_channels, self.lin_u.weight.dtype)
         check_edge_index(edge_index, x.size(0))
         check_edge_attr(edge_attr, edge_index.size(1), self.in_channels, x.dtype)
+        if complete and (in_degree is None or in_degree < 1 or x.size(0) % in_degree
+                         or edge_index.size(1) != x.size(0) * in_degree):
+            raise ValueError(f"GatedGNNLayer: complete=True needs in_degree=k, a multiple of k "
+                             f"nodes and k edges per node, got in_degree={in_degree}, "
+                             f"{x.size(0)} nodes and {edge_index.size(1)} edges")
         edge_attr = self.edge_updater(edge_index, ax=self.lin_a(x), bx=self.lin_b(x),
                                       edge_attr=edge_attr, edge_slot=edge_slot,
-                                      in_degree=in_degree, cyclic_slots=cyclic_slots)
+                                      in_degree=in_degree, cyclic_slots=cyclic_slots,
+                                      complete=complete)
         out = self.lin_u(x) + self.propagate(edge_index, size=(x.size(0), x.size(0)),
                                              vx=self.lin_v(x), gate_logits=edge_attr,
-                                             in_degree=in_degree)
+                                             in_degree=in_degree, complete=complete)
         out = apply_norm(self.norm_node, out, node_slot, cyclic_slots)
         out = x + torch.relu(out) if self.residual == "post" else torch.relu(x + out)
         return out, edge_attr
 
-    def edge_update(self, ax: Tensor, bx_j: Tensor, edge_attr: Tensor,
-                    edge_slot: Optional[Tensor], edge_index_i: Tensor,
-                    in_degree: Optional[int], cyclic_slots: bool) -> Tensor:
-        if in_degree is None:
-            update = ax.index_select(0, edge_index_i) + bx_j
-        else:  # edges in equal runs per target: broadcast A x_i over its run, no gather
-            runs = bx_j.view(-1, in_degree, bx_j.size(-1))
-            update = (runs + ax[:runs.size(0)].unsqueeze(1)).view_as(bx_j)
-        update = torch.addmm(update, edge_attr, self.lin_e.weight.t())     # + E e_{j->i}
-        return edge_attr + torch.relu_(apply_norm(self.norm_edge, update, edge_slot,
-                                                   cyclic_slots))
+    def edge_update(self, ax: Tensor, bx: Tensor, edge_attr: Tensor,
+                    edge_slot: Optional[Tensor], edge_index_i: Tensor, edge_index_j: Tensor,
+                    in_degree: Optional[int], cyclic_slots: bool, complete: bool) -> Tensor:
+        channels = ax.size(-1)
+        if complete:  # A x_i + B x_j of a face: its [k, 1] and [1, k] node blocks broadcast
+            update = (ax.view(-1, in_degree, 1, channels) +
+                      bx.view(-1, 1, in_degree, channels)).view(-1, channels)
+        elif in_degree is not None:  # edges in equal runs per target: A x_i broadcast over its run
+            runs = bx.index_select(0, edge_index_j).view(-1, in_degree, channels)
+            update = runs.add_(ax[:runs.size(0)].unsqueeze(1)).view(-1, channels)
+        else:
+            update = ax.index_select(0, edge_index_i).add_(bx.index_select(0, edge_index_j))
+        weight = self.lin_e.weight.t()                                    # + E e_{j->i}
+        if torch.is_grad_enabled():
+            # Out of place: an in-place op on a view (update, the norm's output) would make
+            # autograd copy the whole [E, C] gradient through its base in the backward pass.
+            update = apply_norm(self.norm_edge, torch.addmm(update, edge_attr, weight),
+                                edge_slot, cyclic_slots)
+            return edge_attr + torch.relu(update)
+        # inference: norm, ReLU and residual in place in the new buffer (never in edge_attr)
+        update = apply_norm_(self.norm_edge, update.addmm_(edge_attr, weight), edge_slot,
+                             cyclic_slots)
+        return update.relu_().add_(edge_attr)
 
     def message(self, vx: Tensor, edge_index_j: Tensor, gate_logits: Tensor, index: Tensor,
                 ptr: Optional[Tensor], size_i: Optional[int],
-                in_degree: Optional[int]) -> Tensor:
+                in_degree: Optional[int], complete: bool) -> Tensor:
         if in_degree is None:
             gate = softmax(torch.sigmoid(gate_logits), index, ptr, size_i)
             return gate * vx.index_select(0, edge_index_j)
         # Edges in equal consecutive runs per target: the softmax over the sources of a target is
         # a softmax over one axis of a [targets, in-degree, C] view, with no scatter, and the
-        # gates and gathered values are recomputed in the backward pass instead of stored.
-        return gated_run_messages(gate_logits, vx, edge_index_j, in_degree)
+        # gates and source values are recomputed in the backward pass instead of stored.
+        return gated_run_messages(gate_logits, vx, None if complete else edge_index_j, in_degree)
 
     def aggregate(self, inputs: Tensor, index: Tensor, ptr: Optional[Tensor] = None,
                   dim_size: Optional[int] = None, in_degree: Optional[int] = None) -> Tensor:
@@ -179,8 +205,8 @@ class GatedGNN(Module):
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor,
                 node_slot: Optional[Tensor] = None,
                 edge_slot: Optional[Tensor] = None, in_degree: Optional[int] = None,
-                cyclic_slots: bool = False) -> Tuple[Tensor, Tensor]:
+                cyclic_slots: bool = False, complete: bool = False) -> Tuple[Tensor, Tensor]:
         for layer in self.layers:
             x, edge_attr = layer(x, edge_index, edge_attr, node_slot, edge_slot, in_degree,
-                                 cyclic_slots)
+                                 cyclic_slots, complete)
         return x, edge_attr

@@ -118,7 +118,8 @@ class MEFL(Module):
         node_x = node_tokens.mean(dim=1)
         del node_tokens  # [nodes, D, C]: let inference free it before the GNN's edge tensors
         node_x, edge_attr = self.gnn(node_x, edge_index, edge_attr, au_id, edge_slot,
-                                     layout.in_degree, cyclic_slots=isinstance(x, Tensor))
+                                     layout.in_degree, cyclic_slots=isinstance(x, Tensor),
+                                     complete=layout.complete)
         probs = similarity_scores(node_x, au_id, batch, num_faces, self.main_sc, self.sub_sc,
                                   self.sub_au_sources)
         if not return_edges:

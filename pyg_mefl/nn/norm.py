@@ -228,3 +228,26 @@ def apply_norm(norm: Optional[Module], x: Tensor, slot: Optional[Tensor],
     if cyclic:
         return norm.cyclic(x.view(-1, norm.num_slots, x.size(-1))).view_as(x)
     return norm(x, slot)
+
+
+def apply_norm_(norm: Optional[Module], x: Tensor, slot: Optional[Tensor],
+                cyclic: bool = False) -> Tensor:
+    r""":func:`apply_norm` that may overwrite ``x`` (a new tensor no one else holds): outside
+    autograd, a :class:`SlotBatchNorm` that evaluates with its running statistics is the affine
+    map :math:`x \gamma_s / \sqrt{\sigma^2_s + \epsilon} + (\beta_s - \mu_s \gamma_s /
+    \sqrt{\sigma^2_s + \epsilon})` per slot :math:`s`, applied in place in one pass; any other
+    norm, or autograd, runs out of place. Returns the result (``x`` where in place)."""
+    if not isinstance(norm, SlotBatchNorm) or norm.training or not norm.track_running_stats \
+            or torch.is_grad_enabled():
+        return apply_norm(norm, x, slot, cyclic)
+    scale, shift = norm.inference_affine()
+    if cyclic:  # [rows, slots, *]: the slot's affine broadcast over the other dimensions
+        rows = x.view((-1, norm.num_slots) + x.shape[1:])
+        affine = (norm.num_slots,) + (1,) * (x.dim() - 1)
+    else:
+        rows, scale, shift = x, scale[slot], shift[slot]
+        affine = (x.size(0),) + (1,) * (x.dim() - 1)
+    if norm.num_channels is not None:  # (slot, channel) statistics: the channel is last
+        affine = affine[:-1] + (x.size(-1),)
+    torch.addcmul(shift.view(affine), rows, scale.view(affine), out=rows)
+    return x

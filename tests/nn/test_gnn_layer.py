@@ -3,9 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric import EdgeIndex
+from torch_geometric.data import Batch
 from torch_geometric.nn import Sequential
 
-from pyg_mefl import GatedGNN, GatedGNNLayer, complete_au_graph
+from pairs import make_pair, relative_error
+from pyg_mefl import GatedGNN, GatedGNNLayer, SlotBatchNorm, complete_au_graph, face_graph
+from pyg_mefl.nn.norm import apply_norm, apply_norm_
 
 
 def loop_reference(layer, x, edge_index, edge_attr):
@@ -167,3 +170,62 @@ def test_in_degree_fast_path_matches_the_loop():
     ref_out, ref_edges = loop_reference(layer, x, edge_index, edge_attr)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(edges, ref_edges, rtol=1e-5, atol=1e-5)
+
+
+def test_complete_needs_a_matching_in_degree():
+    layer = GatedGNNLayer(4, norm=None)
+    x, edge_index = torch.randn(6, 4), complete_au_graph(3, 2)
+    edge_attr = torch.randn(edge_index.size(1), 4)
+    for in_degree in (None, 2, 0):
+        with pytest.raises(ValueError, match="complete=True"):
+            layer(x, edge_index, edge_attr, in_degree=in_degree, complete=True)
+    with pytest.raises(ValueError, match="complete=True"):  # 9 edges per node, not 3
+        layer(x[:2], edge_index[:, :18] % 2, edge_attr[:18], in_degree=3, complete=True)
+
+
+@pytest.mark.parametrize("num_aus,num_sub,residual", [(27, 14, "post"), (12, 0, "pre"),
+                                                      (8, 0, "pre"), (5, 0, "post")])
+@pytest.mark.parametrize("form", ["tensor", "Batch"])
+def test_mefl_inference_matches_the_dense_reference(num_aus, num_sub, residual, form):
+    """Evaluation without autograd (complete-graph broadcasts, the edge update in place in its
+    new buffer) against the dense reference, on a tokens tensor and on a Batch of face graphs."""
+    channels, num_tokens, batch = 18, 7, 3  # odd sizes
+    dense, model = make_pair(channels, num_aus, num_sub, residual, seed=num_aus + 1)
+    dense.eval()
+    model.eval()
+    tokens = torch.randn(batch, num_tokens, channels)
+    given = tokens.clone()
+    inputs = tokens if form == "tensor" else \
+        Batch.from_data_list([face_graph(t, num_aus) for t in tokens])
+    with torch.no_grad():
+        ours = model(inputs, return_edges=True)
+        ref = dense(tokens)
+    assert torch.equal(tokens, given)
+    assert relative_error(ours.probs, ref["probs"]) < 1e-5
+    edge_attr = ours.edge_attr.reshape(batch, num_aus ** 2, channels)
+    assert relative_error(edge_attr, ref["edge_attr"]) < 1e-5
+
+
+@pytest.mark.parametrize("num_channels", [None, 3])
+@pytest.mark.parametrize("cyclic", [False, True])
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_inference_norm_in_place_matches_apply_norm(num_channels, cyclic, training):
+    """``apply_norm_``: in place (the same tensor back) for a slot norm evaluating with running
+    statistics without autograd, out of place otherwise; the numbers of ``apply_norm``."""
+    generator = torch.Generator().manual_seed(17)
+    norm = SlotBatchNorm(4, num_channels).train(training)
+    with torch.no_grad():
+        for tensor in (norm.weight, norm.bias, norm.running_mean, norm.running_var):
+            tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+    x = torch.randn(12, 3, generator=generator)
+    slot = torch.arange(4).repeat(3) if cyclic else torch.randint(0, 4, (12,), generator=generator)
+    state = {k: v.clone() for k, v in norm.state_dict().items()}
+    expected = apply_norm(norm, x, slot, cyclic)
+    norm.load_state_dict(state)
+    work = x.clone()
+    with torch.no_grad():
+        got = apply_norm_(norm, work, slot, cyclic)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    assert (got is work) == (not training)
+    work = x.clone()
+    assert apply_norm_(norm.eval(), work, slot, cyclic) is not work  # autograd: out of place

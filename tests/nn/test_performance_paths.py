@@ -277,12 +277,17 @@ def test_gem_face_basis_off_when_tokens_exceed_query_channels():
 @pytest.mark.parametrize("norm", ["slot", "batch", None])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("aggr", ["mean", "sum"])
-def test_gnn_uniform_fast_path_matches_scatter_path(norm, training, aggr):
-    num_faces, num_aus, channels = 3, 5, 8
+@pytest.mark.parametrize("path", ["runs", "complete", "complete-cyclic"])
+def test_gnn_uniform_fast_path_matches_scatter_path(norm, training, aggr, path):
+    """Runs of ``in_degree`` edges per target, and complete graphs (source terms broadcast, slot
+    norms per slot index or cyclic), against the same graphs with shuffled edges (scatter
+    softmax and aggregation); with autograd and without (the in-place inference update)."""
+    num_faces, num_aus, channels = 3, 5, 7
     generator = torch.Generator().manual_seed(7)
     torch.manual_seed(7)
     layer = GatedGNNLayer(channels, norm=norm, num_node_slots=num_aus,
                           num_edge_slots=num_aus ** 2, aggr=aggr).to(DTYPE).train(training)
+    _randomize_norms(layer, generator)
     edge_index = complete_au_graph(num_aus, num_faces)  # runs of num_aus edges per target
     assert uniform_in_degree(edge_index, num_faces * num_aus) == num_aus
     perm = torch.randperm(edge_index.size(1), generator=generator)  # same graph, scatter path
@@ -292,15 +297,36 @@ def test_gnn_uniform_fast_path_matches_scatter_path(norm, training, aggr):
     edge_attr = torch.randn(edge_index.size(1), channels, dtype=DTYPE, generator=generator,
                             requires_grad=True)
     slot = edge_slots(edge_index, au_id, num_aus)
+    fast_args = (x, edge_index, edge_attr, au_id, slot, num_aus, path == "complete-cyclic",
+                 path != "runs")
 
-    out, edges = layer(x, edge_index, edge_attr, au_id, slot, in_degree=num_aus)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    out, edges = layer(*fast_args)
+    # before the next call updates the running statistics the fused batch norm's backward reads
+    total = _grads(torch.cat([out.flatten(), edges[perm].flatten()]), (x, edge_attr))
     out_ref, edges_ref = layer(x, edge_index[:, perm], edge_attr[perm], au_id, slot[perm])
     torch.testing.assert_close(out, out_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(edges[perm], edges_ref, rtol=1e-10, atol=1e-10)
-    total = _grads(torch.cat([out.flatten(), edges[perm].flatten()]), (x, edge_attr))
     total_ref = _grads(torch.cat([out_ref.flatten(), edges_ref.flatten()]), (x, edge_attr))
     for got, want in zip(total, total_ref):
         torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+    layer.load_state_dict(state)  # the same running statistics as the first call
+    edge_attr_before = edge_attr.detach().clone()
+    with torch.no_grad():
+        out_inference, edges_inference = layer(*fast_args)
+    torch.testing.assert_close(out_inference, out, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(edges_inference, edges, rtol=1e-10, atol=1e-10)
+    assert torch.equal(edge_attr, edge_attr_before)  # the caller's edges are never written
+
+
+def _randomize_norms(module, generator):
+    """Distinct affine parameters and running statistics for every slot or channel."""
+    with torch.no_grad():
+        for name, tensor in list(module.named_parameters()) + list(module.named_buffers()):
+            if "norm" in name and tensor.is_floating_point():
+                tensor.copy_(torch.rand(tensor.shape, dtype=tensor.dtype, generator=generator)
+                             + 0.5)
 
 
 def test_gnn_uniform_runs_with_trailing_isolated_nodes():
@@ -465,18 +491,23 @@ def test_eval_in_chunks_of_faces_matches_the_whole_batch(edge_head):
     torch.testing.assert_close(model(x), whole.probs, rtol=1e-12, atol=1e-12)
 
 
-def test_gated_run_messages_match_the_stored_formulation():
-    """Gates recomputed in the backward pass: values and gradients against plain autograd."""
+@pytest.mark.parametrize("complete", [False, True], ids=["sources", "complete"])
+def test_gated_run_messages_match_the_stored_formulation(complete):
+    """Gates recomputed in the backward pass: values and gradients against plain autograd, with
+    gathered sources and on complete graphs (sources a broadcast of each face's nodes)."""
     generator = torch.Generator().manual_seed(16)
-    num_nodes, k, channels = 4, 3, 5
-    logits = torch.randn(num_nodes * k, channels, dtype=DTYPE, generator=generator,
+    k, channels = 3, 5
+    num_targets = 6 if complete else 4
+    logits = torch.randn(num_targets * k, channels, dtype=DTYPE, generator=generator,
                          requires_grad=True)
     x = torch.randn(6, channels, dtype=DTYPE, generator=generator, requires_grad=True)
-    source = torch.randint(0, 6, (num_nodes * k,), generator=generator)
-    out = gated_run_messages(logits, x, source, k)
-    gate = torch.softmax(torch.sigmoid(logits).view(num_nodes, k, channels), dim=1)
+    source = complete_au_graph(k, 2)[0] if complete else \
+        torch.randint(0, 6, (num_targets * k,), generator=generator)
+    given = None if complete else source
+    out = gated_run_messages(logits, x, given, k)
+    gate = torch.softmax(torch.sigmoid(logits).view(num_targets, k, channels), dim=1)
     expected = gate.reshape(-1, channels) * x[source]
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(_grads(out, (logits, x)), _grads(expected, (logits, x))):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda l, v: gated_run_messages(l, v, source, k), (logits, x))
+    assert torch.autograd.gradcheck(lambda l, v: gated_run_messages(l, v, given, k), (logits, x))
