@@ -202,6 +202,19 @@ def test_bf16_autocast_training_step(kind):
     assert relative_error(probs.float().nan_to_num(), reference.nan_to_num()) < 5e-2
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=cuda)])
+@pytest.mark.parametrize("kind", KINDS)
+def test_bf16_autocast_inference(kind, device):
+    """Evaluation under ``torch.no_grad()`` and bf16 autocast, as an inference server runs it:
+    the fast paths that work in place without autograd must accept autocast's mixed dtypes."""
+    model = head().to(device)
+    x = model_inputs(device)[kind]
+    reference = step(model, x, False)
+    probs = step(model, x, False, bf16=True)
+    assert torch.equal(probs.isnan(), reference.isnan())
+    assert relative_error(probs.float().nan_to_num(), reference.nan_to_num()) < 5e-2
+
+
 @cuda
 def test_compiled_eval_equals_eager_on_cuda():
     _, model = make_pair(32, 12, 0, seed=2)
