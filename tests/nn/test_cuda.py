@@ -94,6 +94,24 @@ def test_forward_reads_no_values_on_a_gpu(training):
             model(inputs["tokens"].to("cuda"))
 
 
+def test_training_step_reads_no_values_but_in_the_checks(monkeypatch):
+    """The backward pass too: on fake CPU tensors (the autograd engine wants a real device for
+    fake CUDA ones), with the value checks off as on a GPU, a whole training step (forward,
+    loss, backward) and a layer on an uneven graph run without reading a value."""
+    import pyg_mefl.data.graph
+    import pyg_mefl.utils.checks
+    for module in (pyg_mefl.utils.checks, pyg_mefl.data.graph):
+        monkeypatch.setattr(module, "reads_values", lambda tensor: False)
+    inputs, (x, edge_index, edge_attr) = model_inputs("cpu"), uneven_graph("cpu")
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        model, layer = head(), GatedGNNLayer(CHANNELS)
+        for kind, x_in in inputs.items():
+            assert step(model, x_in, True).shape == (3, NUM_AUS + 3), kind
+        out, edges = layer(x.requires_grad_(), edge_index, edge_attr)
+        (out.sum() + edges.sum()).backward()
+        assert x.grad.shape == x.shape
+
+
 @cuda
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_cuda_matches_dense_reference_on_cpu(training):
