@@ -102,9 +102,9 @@ def similarity_scores(node_x: Tensor, au_id: Tensor, batch: Tensor, num_faces: i
     """
     num_aus = main_sc.size(0)
     slot = batch * num_aus + au_id
+    # (index_fill_, not ``present[slot] = True``: on a GPU that assignment syncs with the host)
     present = torch.zeros(num_faces * num_aus, dtype=torch.bool, device=node_x.device)
-    present[slot] = True
-    present = present.view(num_faces, num_aus)
+    present = present.index_fill_(0, slot, True).view(num_faces, num_aus)
     main = node_x.new_zeros(num_faces * num_aus).index_put(
         (slot,), cosine_to_prototype(node_x, main_sc[au_id])).view(num_faces, -1)
     if sub_sc is not None:
