@@ -17,11 +17,9 @@ class GraphLayout(NamedTuple):
 
     Attributes:
         nodes_per_graph (int, optional): ``n`` when node :math:`v` belongs to graph
-            :math:`\lfloor v / n 
-floor` (``batch == arange(V) // n``).
+            :math:`\lfloor v / n \rfloor` (``batch == arange(V) // n``).
         in_degree (int, optional): ``k`` when edge :math:`e` has target
-            :math:`\lfloor e / k 
-floor`: edges sorted by target, ``k`` per node
+            :math:`\lfloor e / k \rfloor`: edges sorted by target, ``k`` per node
             (:func:`uniform_in_degree`).
         within_graphs (bool): every edge joins two nodes of one graph.
         complete (bool): every graph is the complete graph over its ``nodes_per_graph`` nodes
@@ -149,24 +147,27 @@ def face_graph(tokens: Optional[Tensor], num_aus: Optional[int] = None,
         labels, ``y`` ``[N]``, ``y_sub`` ``[1, S]`` and the edge relation
         labels ``edge_y = 2 * y[target] + y[source]`` (``-1`` where either label is unknown).
     """
+    device = None  # the tokens' device, where the nodes and the default edges are made
     if tokens is not None:
         check_tokens(tokens, None, rank=2)
+        device = tokens.device
     if au_ids is None:
         if num_aus is None:
             raise ValueError("face_graph: give num_aus or au_ids")
-        au_id = torch.arange(num_aus)
+        au_id = torch.arange(num_aus, device=device)
     else:
-        au_id = torch.as_tensor(au_ids, dtype=torch.long).flatten()
+        au_id = torch.as_tensor(au_ids, dtype=torch.long, device=device).flatten()
         if num_aus is not None and num_aus != au_id.numel():
             raise ValueError(f"num_aus={num_aus} disagrees with len(au_ids)={au_id.numel()}")
         if au_id.numel() == 0 or bool((au_id < 0).any()) or au_id.unique().numel() != au_id.numel():
             raise ValueError(f"au_ids: expected distinct non-negative AU ids, got {au_id.tolist()}")
     num_nodes = au_id.numel()
     if edge_index is None:
-        edge_index = complete_au_graph(num_nodes)
+        edge_index = complete_au_graph(num_nodes, device=device)
     check_edge_index(edge_index, num_nodes)
     in_degree = uniform_in_degree(edge_index, num_nodes)
-    complete = in_degree == num_nodes and torch.equal(edge_index, complete_au_graph(num_nodes))
+    complete = in_degree == num_nodes and torch.equal(
+        edge_index, complete_au_graph(num_nodes, device=edge_index.device))
     layout = GraphLayout(num_nodes, in_degree, True, complete)
     data = Data(tokens=None if tokens is None else tokens.unsqueeze(0), au_id=au_id,
                 edge_index=edge_index, num_nodes=num_nodes, graph_layout=layout)

@@ -158,6 +158,20 @@ def test_mefl_step_never_syncs_with_the_host(kind, training):
 
 
 @cuda
+def test_face_graph_of_gpu_tokens_lives_on_the_gpu():
+    """A face graph built from GPU tokens (or a batch of them) runs without a ``.to()``: its
+    nodes and default edges are made where the tokens are."""
+    tokens = torch.randn(3, 9, 32, device="cuda")
+    graphs = [face_graph(tokens[0], 12), face_graph(tokens[1], au_ids=[0, 3, 5])]
+    assert all(g.au_id.device.type == g.edge_index.device.type == "cuda" for g in graphs)
+    assert graphs[0].graph_layout.complete
+    model = head().cuda().eval()
+    probs = model(Batch.from_data_list(graphs))
+    assert probs.device.type == "cuda"
+    torch.testing.assert_close(probs[0], model(tokens[:1])[0])
+
+
+@cuda
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_gated_gnn_layer_on_an_uneven_graph_never_syncs(training):
     """The generic path: scatter softmax and aggregation, PyG's per-channel batch norm."""
