@@ -142,13 +142,19 @@ def _naive_moments(query, key, source, target, gram):
     return attn.sum(dim=1), second
 
 
-def _moment_inputs(grouped, with_gram, generator, num_nodes=5, k=3, rows=4, cols=3, width=6):
-    num_edges = num_nodes * k
-    if grouped:
+def _moment_inputs(graph, with_gram, generator, num_nodes=5, k=3, rows=4, cols=3, width=6):
+    """Inputs of softmax_column_moments on a ``graph``: ``"grouped"`` (k edges per target, random
+    sources), ``"gathered"`` (random edges) or ``"complete"`` (complete graphs of k nodes in the
+    reference order; ``num_nodes`` is rounded up to whole graphs)."""
+    if graph == "complete":
+        num_nodes = -(-num_nodes // k) * k
+        source, target = complete_au_graph(k, num_nodes // k)
+    elif graph == "grouped":
         target = torch.arange(num_nodes).repeat_interleave(k)
     else:
-        target = torch.randint(0, num_nodes, (num_edges,), generator=generator)
-    source = torch.randint(0, num_nodes, (num_edges,), generator=generator)
+        target = torch.randint(0, num_nodes, (num_nodes * k,), generator=generator)
+    if graph != "complete":
+        source = torch.randint(0, num_nodes, (num_nodes * k,), generator=generator)
     query = torch.randn(num_nodes, rows, width, dtype=DTYPE, generator=generator) * 2
     key = torch.randn(num_nodes, cols, width, dtype=DTYPE, generator=generator)
     gram = None
@@ -156,16 +162,25 @@ def _moment_inputs(grouped, with_gram, generator, num_nodes=5, k=3, rows=4, cols
         factor = torch.randn(num_nodes, cols, 5, dtype=DTYPE, generator=generator)
         gram = factor @ factor.transpose(1, 2)
         gram.requires_grad_()
-    return (query.requires_grad_(), key.requires_grad_(), gram, source, target,
-            k if grouped else None)
+    return query.requires_grad_(), key.requires_grad_(), gram, source, target
 
 
-@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "gathered"])
+def _moments(graph, query, key, source, target, gram, k):
+    """softmax_column_moments with the facts of ``graph`` stated (see _moment_inputs)."""
+    return softmax_column_moments(query, key, source, target, gram,
+                                  run_length=k if graph in ("grouped", "complete") else None,
+                                  complete=k if graph == "complete" else None)
+
+
+GRAPHS = ["grouped", "gathered", "complete"]
+
+
+@pytest.mark.parametrize("graph", GRAPHS)
 @pytest.mark.parametrize("with_gram", [True, False], ids=["gram", "no-gram"])
-def test_softmax_column_moments_matches_naive(grouped, with_gram, chunked):
+def test_softmax_column_moments_matches_naive(graph, with_gram, chunked):
     generator = torch.Generator().manual_seed(2)
-    query, key, gram, source, target, runs = _moment_inputs(grouped, with_gram, generator)
-    mass, second = softmax_column_moments(query, key, source, target, gram, runs)
+    query, key, gram, source, target = _moment_inputs(graph, with_gram, generator)
+    mass, second = _moments(graph, query, key, source, target, gram, 3)
     want_mass, want_second = _naive_moments(query, key, source, target, gram)
     torch.testing.assert_close(mass, want_mass, rtol=1e-12, atol=1e-12)
     inputs = tuple(t for t in (query, key, gram) if t is not None)
@@ -182,15 +197,35 @@ def test_softmax_column_moments_matches_naive(grouped, with_gram, chunked):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("grouped", [True, False], ids=["grouped", "gathered"])
-def test_softmax_column_moments_gradcheck(grouped, chunked):
+@pytest.mark.parametrize("graph", GRAPHS)
+def test_softmax_column_moments_gradcheck(graph, chunked):
     generator = torch.Generator().manual_seed(3)
-    query, key, gram, source, target, runs = _moment_inputs(grouped, True, generator, num_nodes=3,
-                                                            k=2, rows=3, cols=2, width=2)
+    query, key, gram, source, target = _moment_inputs(graph, True, generator, num_nodes=3, k=2,
+                                                      rows=3, cols=2, width=2)
     assert torch.autograd.gradcheck(
-        lambda q, k, g: softmax_column_moments(q, k, source, target, g, runs), (query, key, gram))
+        lambda q, k, g: _moments(graph, q, k, source, target, g, 2), (query, key, gram))
     assert torch.autograd.gradcheck(
-        lambda q, k: softmax_column_moments(q, k, source, target, None, runs)[0], (query, key))
+        lambda q, k: _moments(graph, q, k, source, target, None, 2)[0], (query, key))
+
+
+@pytest.mark.parametrize("targets_per_chunk", [1, 2, 5])
+def test_complete_moments_chunks_across_graphs(targets_per_chunk, monkeypatch):
+    """Chunks of target nodes that end inside a graph and run on into the next (3 nodes a
+    graph): the query gradient of a graph sums over its chunks."""
+    generator = torch.Generator().manual_seed(15)
+    query, key, gram, source, target = _moment_inputs("complete", True, generator, num_nodes=9)
+    want = _moments("gathered", query, key, source, target, gram, 3)
+    monkeypatch.setattr(ops, "_CHUNK_ELEMENTS", 4 * 3 * 4 * 3 * targets_per_chunk)  # 4 n P R
+    assert ops._target_step(3 * 4 * 3) == targets_per_chunk
+    got = _moments("complete", query, key, source, target, gram, 3)
+    for out, expected in zip(got, want):
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    weights = [torch.randn(out.shape, dtype=DTYPE, generator=generator) for out in want]
+    inputs = (query, key, gram)
+    for grad, expected in zip(
+            torch.autograd.grad(sum((o * w).sum() for o, w in zip(got, weights)), inputs),
+            torch.autograd.grad(sum((o * w).sum() for o, w in zip(want, weights)), inputs)):
+        torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -220,13 +255,14 @@ def _gem_pair(num_aus, channels=16):
     return fast, generic
 
 
-@pytest.mark.parametrize("graph", ["complete", "sparse-shuffled"])
+@pytest.mark.parametrize("graph", ["complete", "complete-runs", "sparse-shuffled"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_gem_face_basis_matches_generic(graph, training, chunked):
     num_faces, num_aus = 3, 4
     x, node_tokens, au_id, batch = _gem_inputs(num_faces, num_aus)
     edge_index = complete_au_graph(num_aus, num_faces)
-    layout = GraphLayout(num_aus, num_aus, True)
+    # complete: block products per face; complete-runs: only the uniform in-degree is stated
+    layout = GraphLayout(num_aus, num_aus, True, graph == "complete")
     if graph == "sparse-shuffled":  # uneven in-degree, edges in random order
         keep = torch.rand(edge_index.size(1), generator=torch.Generator().manual_seed(6)) < 0.6
         edge_index = edge_index[:, keep]
@@ -250,6 +286,28 @@ def test_gem_face_basis_matches_generic(graph, training, chunked):
     if training:
         torch.testing.assert_close(fast.norm.running_mean, generic.norm.running_mean)
         torch.testing.assert_close(fast.norm.running_var, generic.norm.running_var)
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gem_complete_layout_without_face_basis(training):
+    """Per-node attention (no face basis) on complete graphs stated as such: the block products
+    against the same layer told nothing about the graph."""
+    num_faces, num_aus = 2, 5
+    x, node_tokens, au_id, batch = _gem_inputs(num_faces, num_aus, channels=8)
+    edge_index = complete_au_graph(num_aus, num_faces)
+    slot = edge_slots(edge_index, au_id, num_aus)
+    fast, generic = _gem_pair(num_aus, channels=8)
+    fast.face_basis = False
+    fast.train(training)
+    generic.train(training)
+    out = fast(x, node_tokens, edge_index, batch, slot, GraphLayout(num_aus, num_aus, True, True))
+    expected = generic(x, node_tokens, edge_index, batch, slot)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    params = (x, node_tokens) + tuple(fast.parameters())
+    want_params = (x, node_tokens) + tuple(generic.parameters())
+    for got, want in zip(_grads(out, params), _grads(expected, want_params)):
+        if want is not None:
+            torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
 
 
 def test_gem_edges_across_faces_use_the_generic_path():
@@ -406,10 +464,11 @@ def test_custom_functions_under_bf16_autocast():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = gather_matmul(a, b, source, index, transpose_b=True, run_length=2)
         mass, _ = softmax_column_moments(a, b, source, index, run_length=2)
-    assert out.dtype == torch.bfloat16
+        block_mass, _ = softmax_column_moments(a, b, *complete_au_graph(2, 2), complete=2)
+    assert out.dtype == torch.bfloat16 and block_mass.dtype == torch.bfloat16
     torch.testing.assert_close(out.float(), a[source] @ b[index].transpose(1, 2), rtol=0.05,
                                atol=0.1)
-    (out.float().sum() + mass.float().square().sum()).backward()
+    (out.float().sum() + mass.float().square().sum() + block_mass.float().square().sum()).backward()
     assert a.grad.dtype == torch.float32 and torch.isfinite(a.grad).all()
     assert b.grad.dtype == torch.float32 and torch.isfinite(b.grad).all()
 
