@@ -1,6 +1,6 @@
 """The graph edge model (GEM, SPEC §4): multi-dimensional edge features from AU and face tokens."""
 import math
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -37,8 +37,8 @@ class GraphEdgeModel(MessagePassing):
     than query channels, the attention is computed in the faces' token basis, :math:`D^3`
     instead of :math:`D^2 C/2` per edge (see :meth:`_face_basis_operands`; ``face_basis``
     forces either path). The other facts of ``layout`` (:class:`~pyg_mefl.data.GraphLayout`:
-    nodes per face, uniform in-degree) turn gathers into grouped products; the layer never reads
-    index values to decide, so it compiles to one graph.
+    nodes per face, uniform in-degree, complete graphs) turn gathers into grouped or block
+    products; the layer never reads index values to decide, so it compiles to one graph.
 
     Args:
         in_channels (int): Token width :math:`C`.
@@ -82,16 +82,28 @@ class GraphEdgeModel(MessagePassing):
         if self.norm is not None and edge_slot is None:
             raise ValueError("GraphEdgeModel: edge_slot is required when num_edge_slots is set")
         layout = layout or GraphLayout()
+        moments = self.norm is not None and (self.training or not self.norm.track_running_stats)
+        face_value = edge_face = face_run = None
         if self._use_face_basis(x, layout):
-            query, key, value = self._face_basis_operands(x, node_tokens, batch,
-                                                          layout.nodes_per_graph)
+            n = layout.nodes_per_graph
+            query, key, face_value = self._face_basis_operands(x, node_tokens, batch, n)
+            value = query  # V_i = M_i P_g(i), kept factored (see _face_basis_operands)
+            edge_face = batch.index_select(0, edge_index[1])
+            if n is not None and layout.in_degree is not None:  # face g: edges [g n k, (g+1) n k)
+                face_run = n * layout.in_degree
+            statistics = _face_value_statistics(query, face_value, batch, n) if moments else None
         else:
             face_aware = self.fam(node_tokens, x, index=batch)
             query = self.arm.lin_q(face_aware)
             key = self.arm.lin_k(face_aware) * self.arm.scale
             value = self.lin_proj(self.arm.lin_v(face_aware))
-        return self.edge_updater(edge_index, query=query, key=key, value=value, edge_slot=edge_slot,
-                                 in_degree=layout.in_degree)
+            statistics = _value_statistics(value) if moments else None
+        shift, row_sum, gram = statistics if statistics is not None else (None, None, None)
+        complete = layout.nodes_per_graph if layout.complete else None
+        return self.edge_updater(edge_index, query=query, key=key, value=value,
+                                 face_value=face_value, edge_face=edge_face, shift=shift,
+                                 row_sum=row_sum, gram=gram, edge_slot=edge_slot,
+                                 in_degree=layout.in_degree, complete=complete, face_run=face_run)
 
     def _use_face_basis(self, x: Tensor, layout: GraphLayout) -> bool:
         """Whether to attend in the token basis of the faces (see :meth:`_face_basis_operands`):
@@ -115,9 +127,14 @@ class GraphEdgeModel(MessagePassing):
         :math:`\mathbf{S}_g = \mathrm{Lin}_q(\mathbf{X}^v_g) \mathrm{Lin}_k(\mathbf{X}^v_g)^{\top}`
         (:math:`D \times D`), and the projected values are
         :math:`\mathbf{M}_i \mathrm{Lin}_{\mathrm{proj}}(\mathrm{Lin}_v(\mathbf{X}^v_g))`.
-        Returns ``(query, key, value)`` for :meth:`edge_update`: ``query`` :math:`\mathbf{M}`,
-        ``key`` :math:`\mathbf{M}_i \mathbf{S}_{g(i)}^{\top}` scaled by :math:`1/\sqrt{C/2}` (both
-        ``[n, D, D]``) and ``value`` ``[n, D, C]``.
+        The values stay factored: ``edge_update`` pools the edges' weights through
+        :math:`\mathbf{M}_i` first and meets :math:`\mathbf{P}_g` once per edge
+        (:math:`D^2 + D C` per edge instead of :math:`D^2 C` per node), and the slot statistics
+        come from face-level Gram matrices (:func:`_face_value_statistics`).
+        Returns ``(query, key, face_value)``: ``query`` :math:`\mathbf{M}`, ``key``
+        :math:`\mathbf{M}_i \mathbf{S}_{g(i)}^{\top}` scaled by :math:`1/\sqrt{C/2}` (both
+        ``[n, D, D]``) and ``face_value`` :math:`\mathbf{P} = \mathrm{Lin}_{\mathrm{proj}}(
+        \mathrm{Lin}_v(\mathbf{X}^v))` ``[G, D, C]``.
         """
         fam, arm = self.fam, self.arm
         # FAM scores q(U_i) k(X)^T = U_i (K W_q)^T + 1 (K b_q)^T with K = k(X): the query
@@ -132,41 +149,70 @@ class GraphEdgeModel(MessagePassing):
         projected = self.lin_proj(arm.lin_v(face_value))                    # [G, D, C]
         key = gather_matmul(attn, face_scores, None, batch, transpose_b=True,
                             run_length=nodes_per_face)
-        value = gather_matmul(attn, projected, None, batch, run_length=nodes_per_face)
-        return attn, key, value
+        return attn, key, projected
 
-    def edge_update(self, query: Tensor, key: Tensor, value: Tensor, edge_index_i: Tensor,
-                    edge_index_j: Tensor, edge_slot: Optional[Tensor],
-                    in_degree: Optional[int]) -> Tensor:
+    def edge_update(self, query: Tensor, key: Tensor, value: Tensor, face_value: Optional[Tensor],
+                    edge_face: Optional[Tensor], shift: Optional[Tensor],
+                    row_sum: Optional[Tensor], gram: Optional[Tensor], edge_index_i: Tensor,
+                    edge_index_j: Tensor, edge_slot: Optional[Tensor], in_degree: Optional[int],
+                    complete: Optional[int], face_run: Optional[int]) -> Tensor:
         # Attention of edge j -> i: queries from the source's tokens, keys/values from the target's.
-        # (The keys carry the 1/sqrt(C/2) scale of the attention.)
+        # (The keys carry the 1/sqrt(C/2) scale of the attention.) With face_value, the values
+        # are V_i = value_i face_value_g(i) (edge_face: g of each edge's target).
         num_tokens = query.size(1)
-        moments = self.norm is not None and (self.training or not self.norm.track_running_stats)
-        shift = centred = gram = None
-        if moments:  # node-centred values and their Gram matrices
-            shift = value.mean(dim=(1, 2), keepdim=True)                    # [n, 1, 1]
-            centred = value - shift
-            gram = centred @ centred.transpose(1, 2)                        # [n, D, D]
         # Column sums 1^T A_e of the attention maps and, for the statistics, tr(A_e G_i A_e^T)
-        # with the node Gram matrices G_i = V~_i V~_i^T: with A 1 = 1, sum(P_e - c) =
-        # 1^T A_e V~_i 1 and sum((P_e - c)^2) = tr(A_e G_i A_e^T) for P_e = A_e V_i, so the slot
-        # statistics of P_e over tokens and channels need no [E, D, C] tensor. Centring per node
-        # keeps the subtraction of the moments well conditioned.
+        # with the node Gram matrices G_i = V~_i V~_i^T of the values less a shift c_i: with
+        # A 1 = 1, sum(P_e - c_i) = 1^T A_e V~_i 1 and sum((P_e - c_i)^2) = tr(A_e G_i A_e^T)
+        # for P_e = A_e V_i, so the slot statistics of P_e over tokens and channels need no
+        # [E, D, C] tensor. On complete graphs (``complete`` nodes each) a graph's maps are one
+        # block product.
         column_mass, second = softmax_column_moments(query, key, edge_index_j, edge_index_i, gram,
-                                                     run_length=in_degree)
+                                                     run_length=in_degree, complete=complete)
         pooled = gather_matmul((column_mass / num_tokens).unsqueeze(1), value, None, edge_index_i,
                                run_length=in_degree)
+        if face_value is not None:  # (m_e^T M_i / D) P_g
+            pooled = gather_matmul(pooled, face_value, None, edge_face, run_length=face_run)
         pooled = pooled.squeeze(1)                                          # mean_d P_e, [E, C]
         if self.norm is None:
             return pooled
-        if not moments:
+        if gram is None:
             return self.norm(pooled, edge_slot)
-        count = value.size(1) * value.size(2)
-        row_sum = centred.sum(dim=2)                                        # [n, D]
+        count = num_tokens * pooled.size(1)
         first = (column_mass * row_sum.index_select(0, edge_index_i)).sum(dim=1)  # [E]
-        mean = shift.view(-1).index_select(0, edge_index_i) + first / count
+        mean = shift.index_select(0, edge_index_i) + first / count
         return self.norm(pooled, edge_slot, moments=(mean, second - first.square() / count, count))
 
     def __repr__(self) -> str:
         slots = None if self.norm is None else self.norm.num_slots
         return f"{self.__class__.__name__}({self.in_channels}, num_edge_slots={slots})"
+
+
+def _value_statistics(value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    r"""Shift :math:`c_i` (the node's mean value), row sums :math:`\tilde{\mathbf{V}}_i
+    \mathbf{1}` and Gram matrices :math:`\tilde{\mathbf{V}}_i \tilde{\mathbf{V}}_i^{\top}` of
+    the centred values :math:`\tilde{\mathbf{V}}_i = \mathbf{V}_i - c_i` (``value``
+    ``[n, D, C]``); centring per node keeps the subtraction of the moments well conditioned."""
+    shift = value.mean(dim=(1, 2))                                          # [n]
+    centred = value - shift.view(-1, 1, 1)
+    return shift, centred.sum(dim=2), centred @ centred.transpose(1, 2)
+
+
+def _face_value_statistics(mixing: Tensor, face_value: Tensor, batch: Tensor,
+                           nodes_per_face: Optional[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    r""":func:`_value_statistics` for factored values :math:`\mathbf{V}_i = \mathbf{M}_i
+    \mathbf{P}_{g(i)}` (``mixing`` :math:`\mathbf{M}` ``[n, D, D]`` with rows summing to one,
+    ``face_value`` :math:`\mathbf{P}` ``[G, D, C]``), shifted by the face's mean value
+    :math:`\bar{p}_g` instead of the node's: since :math:`\mathbf{M}_i \mathbf{1} = \mathbf{1}`,
+    :math:`\mathbf{V}_i - \bar{p}_g = \mathbf{M}_i \tilde{\mathbf{P}}_g` with
+    :math:`\tilde{\mathbf{P}}_g = \mathbf{P}_g - \bar{p}_g`, so the row sums are
+    :math:`\mathbf{M}_i \tilde{\mathbf{P}}_g \mathbf{1}` and the Gram matrices
+    :math:`\mathbf{M}_i (\tilde{\mathbf{P}}_g \tilde{\mathbf{P}}_g^{\top})
+    \mathbf{M}_i^{\top}`: :math:`D^3` per node instead of :math:`D^2 C`. The node's values are
+    convex combinations of its face's rows, so the face mean centres them as well as their own."""
+    face_mean = face_value.mean(dim=(1, 2))                                 # [G]
+    centred = face_value - face_mean.view(-1, 1, 1)
+    face_gram = centred @ centred.transpose(1, 2)                           # [G, D, D]
+    row_sum = gather_matmul(mixing, centred.sum(dim=2, keepdim=True), None, batch,
+                            run_length=nodes_per_face).squeeze(2)           # [n, D]
+    gram = gather_matmul(mixing, face_gram, None, batch, run_length=nodes_per_face)
+    return face_mean.index_select(0, batch), row_sum, gram @ mixing.transpose(1, 2)
