@@ -89,16 +89,19 @@ class AUFeatureBlocks(Module):
                 of the product's, and no index gather is needed. (default: :obj:`False`)
         """
         num_faces, num_tokens, channels = tokens.shape
-        # Every AU's block on every face in one product (bias fused, the stacked [A, C, C]
-        # weight read in place as the transposed operand); nodes then pick their (face, AU) rows.
-        out = torch.addmm(self.bias.view(-1), self.dropout(tokens).reshape(-1, channels),
-                          self.weight.view(-1, channels).t())
-        out = out.view(num_faces, num_tokens, self.num_aus, channels)
+        # Every AU's block on every face in one product (the stacked [A, C, C] weight read in
+        # place as the transposed operand); nodes then pick their (face, AU) rows.
+        rows, weight = self.dropout(tokens).reshape(-1, channels), self.weight.view(-1, channels)
         inference = (not self.training and self.norm.track_running_stats
                      and not torch.is_grad_enabled())
-        if inference:  # the norm's fixed per-(AU, channel) affine and the ReLU, in place
+        if inference:  # (X W^T + b) s + t = X W^T s + (b s + t): the bias joins the norm's fixed
+            # per-(AU, channel) affine, applied in place in one pass, then the ReLU
             scale, shift = self.norm.inference_affine()
-            out.mul_(scale).add_(shift).relu_()
+            out = torch.mm(rows, weight.t()).view(num_faces, num_tokens, self.num_aus, channels)
+            torch.addcmul(torch.addcmul(shift, self.bias, scale), out, scale, out=out).relu_()
+        else:
+            out = torch.addmm(self.bias.view(-1), rows, weight.t())
+            out = out.view(num_faces, num_tokens, self.num_aus, channels)
         if every_au and self.training:  # rows (face, token) cycle through the AUs: fused norm
             out = torch.relu_(self.norm.cyclic(out.view(-1, self.num_aus, channels))).view_as(out)
             return out.transpose(1, 2).reshape(-1, num_tokens, channels)
