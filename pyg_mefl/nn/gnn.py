@@ -9,7 +9,7 @@ from torch_geometric.nn.conv import MessagePassing
 from torch_geometric.utils import softmax
 
 from ..utils.checks import check_edge_attr, check_edge_index, check_node_features
-from .norm import NORMS, apply_norm, apply_norm_, make_norm
+from .norm import NORMS, add_relu_norm, apply_norm, apply_norm_, make_norm
 from .gated_messages import gated_run_messages
 
 RESIDUALS = ("post", "pre")
@@ -143,9 +143,8 @@ class GatedGNNLayer(MessagePassing):
         if torch.is_grad_enabled():
             # Out of place: an in-place op on a view (update, the norm's output) would make
             # autograd copy the whole [E, C] gradient through its base in the backward pass.
-            update = apply_norm(self.norm_edge, torch.addmm(update, edge_attr, weight),
-                                edge_slot, cyclic_slots)
-            return edge_attr + torch.relu(update)
+            return add_relu_norm(self.norm_edge, torch.addmm(update, edge_attr, weight),
+                                 edge_attr, edge_slot, cyclic_slots)
         # inference: norm, ReLU and residual in place in the new buffer (never in edge_attr)
         update = apply_norm_(self.norm_edge, update.addmm_(edge_attr, weight), edge_slot,
                              cyclic_slots)

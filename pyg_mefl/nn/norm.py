@@ -1,4 +1,5 @@
 """Batch normalisation with one statistic per AU slot (SPEC §4-5)."""
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -251,3 +252,53 @@ def apply_norm_(norm: Optional[Module], x: Tensor, slot: Optional[Tensor],
         affine = affine[:-1] + (x.size(-1),)
     torch.addcmul(shift.view(affine), rows, scale.view(affine), out=rows)
     return x
+
+
+def add_relu_norm(norm: Optional[Module], x: Tensor, residual: Tensor, slot: Optional[Tensor],
+                  cyclic: bool = False) -> Tensor:
+    r""":math:`\mathbf{r} + \mathrm{ReLU}(\mathrm{Norm}(\mathbf{x}))` with ``norm`` as in
+    :func:`apply_norm`. A :class:`SlotBatchNorm` training on cyclic rows under autograd runs as
+    one autograd function around torch's fused batch norm that stores ``x``, the per-slot
+    statistics and the ReLU's mask (one byte an element) instead of the norm's output, and
+    writes the result in the norm's output buffer. The running statistics are updated as
+    :meth:`SlotBatchNorm.cyclic` updates them."""
+    if cyclic and isinstance(norm, SlotBatchNorm) and norm.training and \
+            torch.is_grad_enabled() and norm.momentum is not None and \
+            not is_syncing(norm.process_group) and \
+            (norm.weight is None or norm.weight.dtype == x.dtype):
+        # BN's channel: the slot, or the (slot, channel) pair; the rows cycle through the slots
+        flat = x.view(-1, norm.num_slots, math.prod(x.shape[1:])) if norm.num_channels is None \
+            else x.view(-1, norm.num_slots * x.size(-1), 1)
+        if flat.numel() > flat.size(1):  # torch's BN refuses one value per channel
+            weight, bias, running_mean, running_var = (
+                None if t is None else t.view(-1)
+                for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var))
+            out = _AddReluNorm.apply(flat, residual.reshape(flat.shape), weight, bias,
+                                     running_mean, running_var, norm.momentum, norm.eps)
+            if norm.track_running_stats:
+                norm.num_batches_tracked.add_(1)
+            return out.view_as(x)
+    return residual + torch.relu(apply_norm(norm, x, slot, cyclic))
+
+
+class _AddReluNorm(torch.autograd.Function):
+    # r + relu(BN(x)) with batch statistics over channel dim 1 of x [rows, channels, M] (torch's
+    # fused batch norm, which updates the running statistics); saves x and the ReLU's mask.
+    @staticmethod
+    def forward(ctx, x: Tensor, residual: Tensor, weight: Optional[Tensor],
+                bias: Optional[Tensor], running_mean: Optional[Tensor],
+                running_var: Optional[Tensor], momentum: float, eps: float) -> Tensor:
+        out, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var,
+                                                    True, momentum, eps)
+        positive = out > 0
+        ctx.save_for_backward(x, weight, mean, invstd, positive)
+        ctx.eps = eps
+        return out.relu_().add_(residual)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, weight, mean, invstd, positive = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
+            grad * positive, x, weight, None, None, mean, invstd, True, ctx.eps,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]])
+        return grad_x, grad, grad_weight, grad_bias, None, None, None, None

@@ -8,7 +8,7 @@ from torch_geometric.nn import Sequential
 
 from pairs import make_pair, relative_error
 from pyg_mefl import GatedGNN, GatedGNNLayer, SlotBatchNorm, complete_au_graph, face_graph
-from pyg_mefl.nn.norm import apply_norm, apply_norm_
+from pyg_mefl.nn.norm import add_relu_norm, apply_norm, apply_norm_
 
 
 def loop_reference(layer, x, edge_index, edge_attr):
@@ -97,6 +97,27 @@ def test_gradcheck_float64(norm):
 
     def run(x, edge_attr):
         return layer(x, edge_index, edge_attr, node_slot, edge_slot)
+
+    assert torch.autograd.gradcheck(run, (x, edge_attr))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gradcheck_complete_cyclic_float64(training):
+    """Complete graphs with cyclic slot norms: broadcast sources and, in training, the fused
+    norm-ReLU-residual function that recomputes the ReLU's mask in the backward pass."""
+    torch.manual_seed(4)
+    num_aus, num_faces, channels = 3, 2, 4
+    layer = GatedGNNLayer(channels, norm="slot", num_node_slots=num_aus,
+                          num_edge_slots=num_aus ** 2).double().train(training)
+    edge_index = complete_au_graph(num_aus, num_faces)
+    au_id = torch.arange(num_aus).repeat(num_faces)
+    edge_slot = au_id[edge_index[1]] * num_aus + au_id[edge_index[0]]
+    x = torch.randn(num_aus * num_faces, channels, dtype=torch.float64, requires_grad=True)
+    edge_attr = torch.randn(edge_index.size(1), channels, dtype=torch.float64,
+                            requires_grad=True)
+
+    def run(x, edge_attr):
+        return layer(x, edge_index, edge_attr, au_id, edge_slot, num_aus, True, True)
 
     assert torch.autograd.gradcheck(run, (x, edge_attr))
 
@@ -229,3 +250,33 @@ def test_inference_norm_in_place_matches_apply_norm(num_channels, cyclic, traini
     assert (got is work) == (not training)
     work = x.clone()
     assert apply_norm_(norm.eval(), work, slot, cyclic) is not work  # autograd: out of place
+
+
+@pytest.mark.parametrize("num_channels", [None, 3])
+@pytest.mark.parametrize("track", [True, False])
+def test_fused_add_relu_norm_matches_autograd(num_channels, track):
+    """``add_relu_norm`` on cyclic rows in training (one function, the ReLU's mask stored as
+    bytes): values, gradients of input, residual and affine, and running statistics against
+    ``residual + relu(apply_norm(...))`` in float64."""
+    generator = torch.Generator().manual_seed(18)
+    norms = [SlotBatchNorm(4, num_channels, track_running_stats=track).double().train()
+             for _ in range(2)]
+    with torch.no_grad():
+        for name, tensor in norms[0].named_parameters():
+            tensor.copy_(torch.randn(tensor.shape, dtype=torch.float64, generator=generator))
+    norms[1].load_state_dict(norms[0].state_dict())
+    x = torch.randn(12, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    residual = torch.randn(12, 3, dtype=torch.float64, generator=generator, requires_grad=True)
+    slot = torch.arange(4).repeat(3)
+    fused = add_relu_norm(norms[0], x, residual, slot, cyclic=True)
+    plain = residual + torch.relu(apply_norm(norms[1], x, slot, cyclic=False))
+    torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
+    weight = torch.randn(fused.shape, dtype=torch.float64, generator=generator)
+    inputs = [x, residual, norms[0].weight, norms[0].bias]
+    got = torch.autograd.grad((fused * weight).sum(), inputs)
+    want = torch.autograd.grad((plain * weight).sum(), [x, residual, norms[1].weight,
+                                                        norms[1].bias])
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    for (name, got_buffer), want_buffer in zip(norms[0].named_buffers(), norms[1].buffers()):
+        torch.testing.assert_close(got_buffer, want_buffer, rtol=1e-12, atol=1e-12, msg=name)
