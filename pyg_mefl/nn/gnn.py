@@ -145,10 +145,12 @@ class GatedGNNLayer(MessagePassing):
             # autograd copy the whole [E, C] gradient through its base in the backward pass.
             return add_relu_norm(self.norm_edge, torch.addmm(update, edge_attr, weight),
                                  edge_attr, edge_slot, cyclic_slots)
-        # inference: norm, ReLU and residual in place in the new buffer (never in edge_attr)
-        update = apply_norm_(self.norm_edge, update.addmm_(edge_attr, weight), edge_slot,
-                             cyclic_slots)
-        return update.relu_().add_(edge_attr)
+        # inference: norm, ReLU and residual in place in the new buffer (never in edge_attr), in
+        # the dtypes of the out-of-place ops (autocast: the product in the buffer's dtype, the
+        # residual sum in the wider of the two)
+        update.addmm_(edge_attr.to(update.dtype), weight.to(update.dtype))
+        update = apply_norm_(self.norm_edge, update, edge_slot, cyclic_slots).relu_()
+        return update.add_(edge_attr) if update.dtype == edge_attr.dtype else update + edge_attr
 
     def message(self, vx: Tensor, edge_index_j: Tensor, gate_logits: Tensor, index: Tensor,
                 ptr: Optional[Tensor], size_i: Optional[int],
