@@ -280,3 +280,26 @@ def test_fused_add_relu_norm_matches_autograd(num_channels, track):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
     for (name, got_buffer), want_buffer in zip(norms[0].named_buffers(), norms[1].buffers()):
         torch.testing.assert_close(got_buffer, want_buffer, rtol=1e-12, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize("complete", [False, True])
+def test_inference_under_autocast_gives_the_autograd_paths_dtypes(complete):
+    """Under bf16 autocast the in-place inference update returns what the out-of-place path
+    returns: the same dtypes (float32 edge features in, float32 out) and close values."""
+    torch.manual_seed(19)
+    num_aus, num_faces, channels = 4, 2, 8
+    layer = GatedGNNLayer(channels, norm="slot", num_node_slots=num_aus,
+                          num_edge_slots=num_aus ** 2).eval()
+    edge_index = complete_au_graph(num_aus, num_faces)
+    au_id = torch.arange(num_aus).repeat(num_faces)
+    edge_slot = au_id[edge_index[1]] * num_aus + au_id[edge_index[0]]
+    x, edge_attr = torch.randn(num_aus * num_faces, channels), \
+        torch.randn(edge_index.size(1), channels)
+    args = (x, edge_index, edge_attr, au_id, edge_slot, num_aus, True, complete)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.no_grad():
+            inference = layer(*args)
+        reference = layer(*args)
+    for got, want in zip(inference, reference):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got.float(), want.float().detach(), rtol=0.05, atol=0.05)
