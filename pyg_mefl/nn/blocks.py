@@ -61,7 +61,7 @@ class AUFeatureBlocks(Module):
     Shapes:
         - **input:** tokens :math:`(G, D, C)`, ``au_id`` :math:`(N_{nodes})`,
           ``batch`` :math:`(N_{nodes})`
-        - **output:** :math:`(N_{nodes}, D, C)`
+        - **output:** :math:`(N_{nodes}, D, C)`, or :math:`(G, A, D, C)` with ``by_face``
     """
 
     def __init__(self, num_aus: int, in_channels: int, dropout: float = 0.0):
@@ -80,14 +80,19 @@ class AUFeatureBlocks(Module):
         torch.nn.init.uniform_(self.bias, -bound, bound)
         self.norm.reset_parameters()
 
-    def forward(self, tokens: Tensor, au_id: Tensor, batch: Tensor,
-                every_au: bool = False) -> Tensor:
+    def forward(self, tokens: Tensor, au_id: Tensor, batch: Tensor, every_au: bool = False,
+                by_face: bool = False) -> Tensor:
         r"""
         Args:
             every_au (bool): Every face holds every AU of the vocabulary in order (node
                 :math:`b A + a`), as for a tokens tensor: the nodes' rows are then a transpose
                 of the product's, and no index gather is needed. (default: :obj:`False`)
+            by_face (bool): With ``every_au``, return the nodes as ``[G, A, D, C]`` (face, AU,
+                token, channel), a strided view of the product instead of a copy in node rows.
+                (default: :obj:`False`)
         """
+        if by_face and not every_au:
+            raise ValueError("AUFeatureBlocks: by_face=True needs every_au=True")
         num_faces, num_tokens, channels = tokens.shape
         # Every AU's block on every face in one product (the stacked [A, C, C] weight read in
         # place as the transposed operand); nodes then pick their (face, AU) rows.
@@ -102,12 +107,15 @@ class AUFeatureBlocks(Module):
         else:
             out = torch.addmm(self.bias.view(-1), rows, weight.t())
             out = out.view(num_faces, num_tokens, self.num_aus, channels)
-        if every_au and self.training:  # rows (face, token) cycle through the AUs: fused norm
+        if not every_au:
+            out = out[batch, :, au_id]
+            return out if inference else torch.relu_(self.norm(out, au_id))
+        if self.training:  # rows (face, token) cycle through the AUs: fused norm
             out = torch.relu_(self.norm.cyclic(out.view(-1, self.num_aus, channels))).view_as(out)
-            return out.transpose(1, 2).reshape(-1, num_tokens, channels)
-        out = out.transpose(1, 2).reshape(-1, num_tokens, channels) if every_au else \
-            out[batch, :, au_id]
-        return out if inference else torch.relu_(self.norm(out, au_id))
+        out = out.transpose(1, 2)                                           # [G, A, D, C]
+        if not (inference or self.training):  # the norm module on the node rows
+            out = torch.relu_(self.norm(out.reshape(-1, num_tokens, channels), au_id)).view_as(out)
+        return out if by_face else out.reshape(-1, num_tokens, channels)
 
     def extra_repr(self) -> str:
         return f"num_aus={self.num_aus}, in_channels={self.in_channels}"

@@ -48,9 +48,10 @@ class GraphEdgeModel(MessagePassing):
 
     Shapes:
         - **input:** face tokens ``x`` :math:`(G, D, C)`, AU tokens ``node_tokens``
-          :math:`(|\mathcal{V}|, D, C)`, ``edge_index`` :math:`(2, |\mathcal{E}|)`, ``batch``
-          :math:`(|\mathcal{V}|)` (face of each node), ``edge_slot`` :math:`(|\mathcal{E}|)`,
-          ``layout`` (:class:`~pyg_mefl.data.GraphLayout`, optional)
+          :math:`(|\mathcal{V}|, D, C)` (or :math:`(G, n, D, C)`: node :math:`g n + a`, with
+          ``layout.nodes_per_graph`` :math:`n`), ``edge_index`` :math:`(2, |\mathcal{E}|)`,
+          ``batch`` :math:`(|\mathcal{V}|)` (face of each node), ``edge_slot``
+          :math:`(|\mathcal{E}|)`, ``layout`` (:class:`~pyg_mefl.data.GraphLayout`, optional)
         - **output:** ``edge_attr`` :math:`(|\mathcal{E}|, C)`
     """
 
@@ -82,6 +83,10 @@ class GraphEdgeModel(MessagePassing):
         if self.norm is not None and edge_slot is None:
             raise ValueError("GraphEdgeModel: edge_slot is required when num_edge_slots is set")
         layout = layout or GraphLayout()
+        if node_tokens.dim() == 4 and node_tokens.size(1) != layout.nodes_per_graph:
+            raise ValueError(f"GraphEdgeModel: node_tokens of shape {tuple(node_tokens.shape)} "
+                             f"hold {node_tokens.size(1)} nodes a face, but layout.nodes_per_graph "
+                             f"is {layout.nodes_per_graph}")
         moments = self.norm is not None and (self.training or not self.norm.track_running_stats)
         face_value = edge_face = face_run = None
         if self._use_face_basis(x, layout):
@@ -93,7 +98,7 @@ class GraphEdgeModel(MessagePassing):
                 face_run = n * layout.in_degree
             statistics = _face_value_statistics(query, face_value, batch, n) if moments else None
         else:
-            face_aware = self.fam(node_tokens, x, index=batch)
+            face_aware = self.fam(node_tokens.reshape(-1, *node_tokens.shape[-2:]), x, index=batch)
             query = self.arm.lin_q(face_aware)
             key = self.arm.lin_k(face_aware) * self.arm.scale
             value = self.lin_proj(self.arm.lin_v(face_aware))
@@ -140,8 +145,8 @@ class GraphEdgeModel(MessagePassing):
         # FAM scores q(U_i) k(X)^T = U_i (K W_q)^T + 1 (K b_q)^T with K = k(X): the query
         # projection folds into the face's keys, D x C per face instead of D x C/2 per node.
         face_key = fam.lin_k(x) * fam.scale                                 # [G, D, C/2]
-        scores = gather_matmul(node_tokens, face_key @ fam.lin_q.weight, None, batch,
-                               transpose_b=True, run_length=nodes_per_face)  # [n, D, D]
+        scores = _node_face_products(node_tokens, face_key @ fam.lin_q.weight, batch,
+                                     nodes_per_face)                        # [n, D, D]
         scores = scores + (face_key @ fam.lin_q.bias).index_select(0, batch).unsqueeze(1)
         attn = torch.softmax(scores, dim=-1)                                # [n, D, D]
         face_value = fam.lin_v(x)                                           # [G, D, C]
@@ -185,6 +190,25 @@ class GraphEdgeModel(MessagePassing):
     def __repr__(self) -> str:
         slots = None if self.norm is None else self.norm.num_slots
         return f"{self.__class__.__name__}({self.in_channels}, num_edge_slots={slots})"
+
+
+def _node_face_products(node_tokens: Tensor, face_rows: Tensor, batch: Tensor,
+                        nodes_per_face: Optional[int]) -> Tensor:
+    r""":math:`\mathbf{U}_i \mathbf{B}_{g(i)}^{\top}` for every node (``face_rows``
+    :math:`\mathbf{B}` ``[G, R, C]``), ``[n, D, R]``. Node tokens ``[G, n, D, C]`` stored
+    token-major (``[G, D, n, C]``, as :class:`AUFeatureBlocks` gives them ``by_face``) take one
+    product per face; node-major ones or ``[n, D, C]`` rows a grouped product per node."""
+    if node_tokens.dim() == 3:
+        return gather_matmul(node_tokens, face_rows, None, batch, transpose_b=True,
+                             run_length=nodes_per_face)
+    faces, nodes, tokens, channels = node_tokens.shape
+    if node_tokens.transpose(1, 2).is_contiguous():  # rows (d, i) of each face
+        scores = torch.bmm(node_tokens.transpose(1, 2).reshape(faces, -1, channels),
+                           face_rows.transpose(1, 2))                       # [G, D n, R]
+        return scores.view(faces, tokens, nodes, -1).transpose(1, 2).reshape(faces * nodes,
+                                                                              tokens, -1)
+    return gather_matmul(node_tokens.reshape(-1, tokens, channels), face_rows, None, batch,
+                         transpose_b=True, run_length=nodes)
 
 
 def _value_statistics(value: Tensor) -> Tuple[Tensor, Tensor, Tensor]:

@@ -112,10 +112,12 @@ class MEFL(Module):
         num_faces = tokens.size(0)
         if num_faces == 0:  # e.g. a video frame without a face
             return self._empty_output(tokens, isinstance(x, Tensor), return_edges)
-        node_tokens = self.afg(tokens, au_id, batch, every_au=isinstance(x, Tensor))
+        # a tensor: node tokens [B, N, D, C], a view of the AU blocks' product (no copy)
+        dense = isinstance(x, Tensor)
+        node_tokens = self.afg(tokens, au_id, batch, every_au=dense, by_face=dense)
         edge_slot = edge_slots(edge_index, au_id, self.num_main_aus)
         edge_attr = self.gem(tokens, node_tokens, edge_index, batch, edge_slot, layout)
-        node_x = node_tokens.mean(dim=1)
+        node_x = node_tokens.mean(dim=-2).reshape(-1, node_tokens.size(-1))
         del node_tokens  # [nodes, D, C]: let inference free it before the GNN's edge tensors
         node_x, edge_attr = self.gnn(node_x, edge_index, edge_attr, au_id, edge_slot,
                                      layout.in_degree, cyclic_slots=isinstance(x, Tensor),

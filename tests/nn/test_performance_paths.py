@@ -310,6 +310,44 @@ def test_gem_complete_layout_without_face_basis(training):
             torch.testing.assert_close(got, want, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("storage", ["token-major", "node-major"])
+@pytest.mark.parametrize("face_basis", [True, False], ids=["face-basis", "per-node"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_gem_node_tokens_by_face(storage, face_basis, training):
+    """Node tokens [G, n, D, C] (a strided view, as the AU blocks give them by face, or node
+    rows) against the same tokens as [n G, D, C] rows."""
+    num_faces, num_aus = 3, 4
+    x, node_tokens, au_id, batch = _gem_inputs(num_faces, num_aus)
+    edge_index = complete_au_graph(num_aus, num_faces)
+    slot = edge_slots(edge_index, au_id, num_aus)
+    layout = GraphLayout(num_aus, num_aus, True, True)
+    fast, generic = _gem_pair(num_aus)
+    fast.face_basis = generic.face_basis = face_basis
+    fast.train(training)
+    generic.train(training)
+    rows = node_tokens.detach().view(num_faces, num_aus, *node_tokens.shape[1:])
+    if storage == "token-major":
+        rows = rows.transpose(1, 2).contiguous().transpose(1, 2)
+    rows.requires_grad_()
+    out = fast(x, rows, edge_index, batch, slot, layout)
+    expected = generic(x, node_tokens, edge_index, batch, slot, layout)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    (got,), (want,) = _grads(out, (rows,)), _grads(expected, (node_tokens,))
+    torch.testing.assert_close(got.reshape_as(want), want, rtol=1e-8, atol=1e-10)
+
+
+def test_node_tokens_by_face_are_checked():
+    x, node_tokens, au_id, batch = _gem_inputs(2, 3)
+    fast, _ = _gem_pair(3)
+    edge_index = complete_au_graph(3, 2)
+    slot = edge_slots(edge_index, au_id, 3)
+    with pytest.raises(ValueError, match="nodes a face"):
+        fast(x, node_tokens.view(3, 2, *node_tokens.shape[1:]), edge_index, batch, slot,
+             GraphLayout(3, 3, True, True))
+    with pytest.raises(ValueError, match="by_face"):
+        AUFeatureBlocks(3, 16)(x.detach().float(), au_id, batch, by_face=True)
+
+
 def test_gem_edges_across_faces_use_the_generic_path():
     x, node_tokens, au_id, batch = _gem_inputs(2, 3)
     edge_index = torch.tensor([[0, 3, 1], [4, 1, 1]])  # 0 -> 4 and 3 -> 1 join two faces
@@ -495,9 +533,17 @@ def test_au_blocks_fast_paths_match_the_gather(training):
     transposed = blocks(x, au_id, batch, every_au=True)
     torch.testing.assert_close(transposed, gathered, rtol=1e-12, atol=1e-12)
     blocks.load_state_dict(state)
+    by_face = blocks(x, au_id, batch, every_au=True, by_face=True)
+    assert by_face.shape == (num_faces, num_aus, tokens, channels)
+    torch.testing.assert_close(by_face.reshape_as(gathered), gathered, rtol=1e-12, atol=1e-12)
+    blocks.load_state_dict(state)
     with torch.no_grad():  # in eval: the norm in place on the product, before the rows' pick
         torch.testing.assert_close(blocks(x, au_id, batch, every_au=True), gathered,
                                    rtol=1e-12, atol=1e-12)
+        by_face = blocks(x, au_id, batch, every_au=True, by_face=True)
+        assert by_face.transpose(1, 2).is_contiguous()  # a view of the product: no copy
+        torch.testing.assert_close(by_face.reshape_as(gathered), gathered, rtol=1e-12,
+                                   atol=1e-12)
         if not training:  # a subset of AUs of one face
             torch.testing.assert_close(blocks(x[1:], au_id[1:3], batch[:2]), gathered[5:7],
                                        rtol=1e-12, atol=1e-12)
