@@ -82,6 +82,9 @@ def parse_args(argv=None):
                         help="seconds for the whole run; repeats adapt to it (at least 3)")
     parser.add_argument("--compiled", action="store_true",
                         help="pyg_mefl under torch.compile(fullgraph=True); dense stays eager")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode with --compiled, e.g. reduce-overhead (CUDA "
+                             "graphs: no launch cost per kernel)")
     parser.add_argument("--channels", type=int, default=CHANNELS)
     parser.add_argument("--tokens", type=int, default=TOKENS)
     args = parser.parse_args(argv)
@@ -207,7 +210,7 @@ def run_row(args, dev: Device, mode: str, batch: int, num: int, budget_s: float,
     runners = dict(models)
     if args.compiled:
         torch._dynamo.reset()
-        runners["pyg"] = torch.compile(models["pyg"], fullgraph=True)
+        runners["pyg"] = torch.compile(models["pyg"], fullgraph=True, mode=args.compile_mode)
     x = torch.randn(batch, tokens, channels,
                     generator=torch.Generator().manual_seed(1)).to(dev.device)
     skipped = (f"estimated peak {fmt_mb(estimate / 2 ** 20)} > limit {fmt_mb(limit / 2 ** 20)}"
@@ -340,7 +343,8 @@ def machine_info(args, dev: Device) -> dict:
             "torch_geometric": torch_geometric.__version__,
             "torch_scatter": torch_geometric.typing.WITH_TORCH_SCATTER,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
-            "compiled": args.compiled, "budget_s": args.budget_s}
+            "compiled": args.compiled, "compile_mode": args.compile_mode,
+            "budget_s": args.budget_s}
     if dev.cuda:
         props = torch.cuda.get_device_properties(dev.device)
         info.update(device_name=props.name, device_memory_gb=round(props.total_memory / 2 ** 30, 1),
