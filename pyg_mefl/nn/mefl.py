@@ -117,7 +117,9 @@ class MEFL(Module):
         node_tokens = self.afg(tokens, au_id, batch, every_au=dense, by_face=dense)
         edge_slot = edge_slots(edge_index, au_id, self.num_main_aus)
         edge_attr = self.gem(tokens, node_tokens, edge_index, batch, edge_slot, layout)
-        node_x = node_tokens.mean(dim=-2).reshape(-1, node_tokens.size(-1))
+        # the mean over the product's token axis: its gradient comes back in the product's layout
+        node_x = node_tokens.transpose(1, 2).mean(dim=1).view(-1, node_tokens.size(-1)) if dense \
+            else node_tokens.mean(dim=1)
         del node_tokens  # [nodes, D, C]: let inference free it before the GNN's edge tensors
         node_x, edge_attr = self.gnn(node_x, edge_index, edge_attr, au_id, edge_slot,
                                      layout.in_degree, cyclic_slots=isinstance(x, Tensor),
