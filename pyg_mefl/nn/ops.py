@@ -354,9 +354,10 @@ def softmax_column_moments(query: Tensor, key: Tensor, source: Tensor, target: T
         \begin{bmatrix} \mathbf{K}_1^{\top} & \cdots & \mathbf{K}_n^{\top} \end{bmatrix},
         \qquad \text{block } (j, i) = \mathbf{Q}_j \mathbf{K}_i^{\top},
 
-    with the softmax within each block's rows; the gradients of the queries and keys are then
-    two products with inner size :math:`n R` and :math:`n P` per graph, with no gather or
-    scatter of node rows. One graph's maps exist at a time.
+    with the softmax within each block's rows: the column of blocks of target :math:`i` is one
+    product of the graph's stacked queries (no gather), and the gradients of the queries and
+    keys are products with inner size :math:`n R` and :math:`n P` (no scatter of node rows).
+    The maps exist a chunk of targets at a time, in workspace buffers the chunks reuse.
 
     Args:
         query (torch.Tensor): ``[Nq, P, X]`` rows of the source nodes.
