@@ -184,18 +184,24 @@ class Forward(torch.nn.Module):
     """``module`` with its forward pass under autocast to ``dtype`` (none for :obj:`None`),
     keeping its last probabilities (``make_step`` returns the loss of a training step)."""
 
-    def __init__(self, module: torch.nn.Module, dtype, device_type: str):
+    def __init__(self, module: torch.nn.Module, dtype, device_type: str,
+                 new_steps: bool = False):
         super().__init__()
         self.module = module
+        self.new_steps = new_steps
         self.dtype, self.device_type = dtype, device_type
         self.probs = None
 
     def forward(self, x):
         autocast = contextlib.nullcontext() if self.dtype is None else \
             torch.autocast(self.device_type, dtype=self.dtype)
+        if self.new_steps:  # each call is a new step for CUDA graph trees
+            torch.compiler.cudagraph_mark_step_begin()
         with autocast:
             out = self.module(x)
-        self.probs = (out["probs"] if isinstance(out, dict) else out).detach()
+        # a copy: under CUDA graphs (``--compile-mode reduce-overhead``) the next replay
+        # overwrites the outputs in place
+        self.probs = (out["probs"] if isinstance(out, dict) else out).detach().clone()
         return out
 
 
@@ -225,7 +231,8 @@ def run_row(args, dev: Device, mode: str, batch: int, num: int, budget_s: float,
         entries = {impl: {} for impl in IMPLS}
         if skipped:
             entries["dense"]["skipped"] = skipped
-        forwards = {impl: Forward(runners[impl], dtype, dev.device.type) for impl in impls}
+        forwards = {impl: Forward(runners[impl], dtype, dev.device.type,
+                                  new_steps=args.compiled and impl == "pyg") for impl in impls}
         steps = {impl: make_step(forwards[impl], x, mode) for impl in impls}
         probs = {}
         for impl in list(impls):  # warm-up (outputs for the errors), then the memory step
