@@ -1,6 +1,6 @@
 """The graph edge model (GEM, SPEC §4): multi-dimensional edge features from AU and face tokens."""
 import math
-from typing import Optional, Tuple
+from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -9,7 +9,7 @@ from torch_geometric.nn.conv import MessagePassing
 
 from ..data.graph import GraphLayout
 from .attention import CrossAttention
-from .norm import SlotBatchNorm
+from .norm import Moments, SlotBatchNorm
 from .ops import gather_matmul, softmax_column_moments
 
 
@@ -52,7 +52,18 @@ class GraphEdgeModel(MessagePassing):
           ``layout.nodes_per_graph`` :math:`n`), ``edge_index`` :math:`(2, |\mathcal{E}|)`,
           ``batch`` :math:`(|\mathcal{V}|)` (face of each node), ``edge_slot``
           :math:`(|\mathcal{E}|)`, ``layout`` (:class:`~pyg_mefl.data.GraphLayout`, optional)
-        - **output:** ``edge_attr`` :math:`(|\mathcal{E}|, C)`
+        - **output:** ``edge_attr`` :math:`(|\mathcal{E}|, C)`; with ``project``
+          :math:`\mathbf{W}` :math:`(C', C)`, the pair ``(edge_attr, edge_attr @ W.T)``
+
+    ``project`` is for a consumer whose first step is a linear map of the edges (the first
+    :class:`~pyg_mefl.nn.GatedGNNLayer`'s :math:`\mathbf{E}\mathbf{e}_{j \to i}`). In the face
+    basis an edge is :math:`\mathbf{e} = a_s \mathbf{w}^{\top} \mathbf{P}_g + b_s` with its
+    pooling weights :math:`\mathbf{w} \in \mathbb{R}^D`, the face's projected values
+    :math:`\mathbf{P}_g` and the slot norm's affine :math:`(a_s, b_s)`
+    (:meth:`SlotBatchNorm.slot_affine`), so :math:`\mathbf{W}\mathbf{e} = a_s
+    \mathbf{w}^{\top} (\mathbf{P}_g \mathbf{W}^{\top}) + b_s \mathbf{W}\mathbf{1}`: one
+    :math:`D \times C \times C'` product per face and :math:`D C'` per edge instead of
+    :math:`C C'` per edge. Otherwise the edges are projected as they are.
     """
 
     def __init__(self, in_channels: int, num_edge_slots: Optional[int] = None, **kwargs):
@@ -79,7 +90,8 @@ class GraphEdgeModel(MessagePassing):
 
     def forward(self, x: Tensor, node_tokens: Tensor, edge_index: Tensor, batch: Tensor,
                 edge_slot: Optional[Tensor] = None,
-                layout: Optional[GraphLayout] = None) -> Tensor:
+                layout: Optional[GraphLayout] = None, project: Optional[Tensor] = None
+                ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         if self.norm is not None and edge_slot is None:
             raise ValueError("GraphEdgeModel: edge_slot is required when num_edge_slots is set")
         layout = layout or GraphLayout()
@@ -108,7 +120,8 @@ class GraphEdgeModel(MessagePassing):
         return self.edge_updater(edge_index, query=query, key=key, value=value,
                                  face_value=face_value, edge_face=edge_face, shift=shift,
                                  row_sum=row_sum, gram=gram, edge_slot=edge_slot,
-                                 in_degree=layout.in_degree, complete=complete, face_run=face_run)
+                                 in_degree=layout.in_degree, complete=complete, face_run=face_run,
+                                 project=project)
 
     def _use_face_basis(self, x: Tensor, layout: GraphLayout) -> bool:
         """Whether to attend in the token basis of the faces (see :meth:`_face_basis_operands`):
@@ -160,7 +173,8 @@ class GraphEdgeModel(MessagePassing):
                     edge_face: Optional[Tensor], shift: Optional[Tensor],
                     row_sum: Optional[Tensor], gram: Optional[Tensor], edge_index_i: Tensor,
                     edge_index_j: Tensor, edge_slot: Optional[Tensor], in_degree: Optional[int],
-                    complete: Optional[int], face_run: Optional[int]) -> Tensor:
+                    complete: Optional[int], face_run: Optional[int],
+                    project: Optional[Tensor]) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         # Attention of edge j -> i: queries from the source's tokens, keys/values from the target's.
         # (The keys carry the 1/sqrt(C/2) scale of the attention.) With face_value, the values
         # are V_i = value_i face_value_g(i) (edge_face: g of each edge's target).
@@ -175,17 +189,49 @@ class GraphEdgeModel(MessagePassing):
                                                      run_length=in_degree, complete=complete)
         pooled = gather_matmul((column_mass / num_tokens).unsqueeze(1), value, None, edge_index_i,
                                run_length=in_degree)
+        moments = None  # the slot norm's batch statistics; None: the running ones, or no norm
+        if gram is not None:
+            count = num_tokens * self.in_channels
+            first = (column_mass * row_sum.index_select(0, edge_index_i)).sum(dim=1)  # [E]
+            mean = shift.index_select(0, edge_index_i) + first / count
+            moments = (mean, second - first.square() / count, count)
+        if face_value is not None and project is not None:
+            return self._factored_projection(pooled, face_value, project, edge_face, face_run,
+                                             edge_slot, moments)
         if face_value is not None:  # (m_e^T M_i / D) P_g
             pooled = gather_matmul(pooled, face_value, None, edge_face, run_length=face_run)
         pooled = pooled.squeeze(1)                                          # mean_d P_e, [E, C]
-        if self.norm is None:
-            return pooled
-        if gram is None:
-            return self.norm(pooled, edge_slot)
-        count = num_tokens * pooled.size(1)
-        first = (column_mass * row_sum.index_select(0, edge_index_i)).sum(dim=1)  # [E]
-        mean = shift.index_select(0, edge_index_i) + first / count
-        return self.norm(pooled, edge_slot, moments=(mean, second - first.square() / count, count))
+        edge_attr = pooled if self.norm is None else self.norm(pooled, edge_slot, moments)
+        return edge_attr if project is None else (edge_attr, edge_attr @ project.t())
+
+    def _factored_projection(self, weights: Tensor, face_value: Tensor, project: Tensor,
+                             edge_face: Tensor, face_run: Optional[int],
+                             edge_slot: Optional[Tensor], moments: Optional[Moments]
+                             ) -> Tuple[Tensor, Tensor]:
+        r"""``(edge_attr, edge_attr @ project.T)`` from the edges' pooling weights
+        :math:`\mathbf{w}_e` (``weights`` ``[E, 1, D]``) and the faces' values
+        :math:`\mathbf{P}_g` in one product per face: the slot norm's per-edge affine
+        :math:`(a_s, b_s)` (:meth:`SlotBatchNorm.slot_affine`) goes into the weights as
+        :math:`[a_s \mathbf{w}_e, b_s]` and the face's operand is :math:`[\mathbf{P}_g,
+        \mathbf{P}_g \mathbf{W}^{\top}]` with the row :math:`[\mathbf{1}^{\top},
+        (\mathbf{W}\mathbf{1})^{\top}]` appended, so one ``[1, D + 1] x [D + 1, C + C']``
+        product per edge gives :math:`a_s \mathbf{w}_e^{\top} \mathbf{P}_g + b_s` and
+        :math:`a_s \mathbf{w}_e^{\top} \mathbf{P}_g \mathbf{W}^{\top} + b_s \mathbf{W}
+        \mathbf{1}`."""
+        face_value = torch.cat([face_value, face_value @ project.t()], dim=2)  # [G, D, C + C']
+        if self.norm is not None:  # (weights only carry the shape: the statistics are given)
+            scale, shift = (t.index_select(0, edge_slot).view(-1, 1, 1)
+                            for t in self.norm.slot_affine(weights, edge_slot, moments))
+            weights = weights * scale
+            weights = torch.cat([weights, shift.to(weights.dtype)], dim=2)
+            last = torch.cat([project.new_ones(self.in_channels), project.sum(dim=1)])
+            face_value = torch.cat([face_value, last.to(face_value.dtype).expand(
+                face_value.size(0), 1, -1)], dim=1)                         # [G, D + 1, C + C']
+        # (.to: under autocast, the dtype the norm's affine gives the plain path's edges)
+        out = gather_matmul(weights, face_value, None, edge_face, run_length=face_run)
+        edge_attr, projected = out.squeeze(1).to(weights.dtype).split(
+            [self.in_channels, project.size(0)], dim=1)
+        return edge_attr, projected
 
     def __repr__(self) -> str:
         slots = None if self.norm is None else self.norm.num_slots

@@ -66,8 +66,11 @@ class GatedGNNLayer(MessagePassing):
         - **input:** ``x`` :math:`(|\mathcal{V}|, C)`, ``edge_index`` :math:`(2, |\mathcal{E}|)`,
           ``edge_attr`` :math:`(|\mathcal{E}|, C)`, with ``norm="slot"`` also ``node_slot``
           :math:`(|\mathcal{V}|)` and ``edge_slot`` :math:`(|\mathcal{E}|)`; optionally
-          ``in_degree`` (int), ``cyclic_slots`` (bool) and ``complete`` (bool, with
-          ``in_degree``)
+          ``in_degree`` (int), ``cyclic_slots`` (bool), ``complete`` (bool, with
+          ``in_degree``) and ``edge_proj`` :math:`(|\mathcal{E}|, C)`:
+          :math:`\mathbf{E}\mathbf{e}_{j \to i}` (``lin_e(edge_attr)``), when the caller can
+          compute it more cheaply (:class:`GraphEdgeModel` with ``project``); ``lin_e`` is
+          then not applied
         - **output:** ``(x, edge_attr)`` of shapes :math:`(|\mathcal{V}|, C)`,
           :math:`(|\mathcal{E}|, C)`
     """
@@ -105,21 +108,25 @@ class GatedGNNLayer(MessagePassing):
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor,
                 node_slot: Optional[Tensor] = None,
                 edge_slot: Optional[Tensor] = None, in_degree: Optional[int] = None,
-                cyclic_slots: bool = False, complete: bool = False) -> Tuple[Tensor, Tensor]:
+                cyclic_slots: bool = False, complete: bool = False,
+                edge_proj: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         if self.norm_kind == "slot" and (node_slot is None or edge_slot is None):
             raise ValueError("GatedGNNLayer: norm='slot' needs node_slot and edge_slot")
         check_node_features(x, self.in_channels, self.lin_u.weight.dtype)
         check_edge_index(edge_index, x.size(0))
         check_edge_attr(edge_attr, edge_index.size(1), self.in_channels, x.dtype)
+        if edge_proj is not None:
+            check_edge_attr(edge_proj, edge_index.size(1), self.in_channels, edge_attr.dtype,
+                            "edge_proj")
         if complete and (in_degree is None or in_degree < 1 or x.size(0) % in_degree
                          or edge_index.size(1) != x.size(0) * in_degree):
             raise ValueError(f"GatedGNNLayer: complete=True needs in_degree=k, a multiple of k "
                              f"nodes and k edges per node, got in_degree={in_degree}, "
                              f"{x.size(0)} nodes and {edge_index.size(1)} edges")
         edge_attr = self.edge_updater(edge_index, ax=self.lin_a(x), bx=self.lin_b(x),
-                                      edge_attr=edge_attr, edge_slot=edge_slot,
-                                      in_degree=in_degree, cyclic_slots=cyclic_slots,
-                                      complete=complete)
+                                      edge_attr=edge_attr, edge_proj=edge_proj,
+                                      edge_slot=edge_slot, in_degree=in_degree,
+                                      cyclic_slots=cyclic_slots, complete=complete)
         out = self.lin_u(x) + self.propagate(edge_index, size=(x.size(0), x.size(0)),
                                              vx=self.lin_v(x), gate_logits=edge_attr,
                                              in_degree=in_degree, complete=complete)
@@ -127,7 +134,7 @@ class GatedGNNLayer(MessagePassing):
         out = x + torch.relu(out) if self.residual == "post" else torch.relu(x + out)
         return out, edge_attr
 
-    def edge_update(self, ax: Tensor, bx: Tensor, edge_attr: Tensor,
+    def edge_update(self, ax: Tensor, bx: Tensor, edge_attr: Tensor, edge_proj: Optional[Tensor],
                     edge_slot: Optional[Tensor], edge_index_i: Tensor, edge_index_j: Tensor,
                     in_degree: Optional[int], cyclic_slots: bool, complete: bool) -> Tensor:
         channels = ax.size(-1)
@@ -143,12 +150,16 @@ class GatedGNNLayer(MessagePassing):
         if torch.is_grad_enabled():
             # Out of place: an in-place op on a view (update, the norm's output) would make
             # autograd copy the whole [E, C] gradient through its base in the backward pass.
-            return add_relu_norm(self.norm_edge, torch.addmm(update, edge_attr, weight),
-                                 edge_attr, edge_slot, cyclic_slots)
+            update = torch.addmm(update, edge_attr, weight) if edge_proj is None else \
+                update + edge_proj
+            return add_relu_norm(self.norm_edge, update, edge_attr, edge_slot, cyclic_slots)
         # inference: norm, ReLU and residual in place in the new buffer (never in edge_attr), in
         # the dtypes of the out-of-place ops (autocast: the product in the buffer's dtype, the
         # residual sum in the wider of the two)
-        update.addmm_(edge_attr.to(update.dtype), weight.to(update.dtype))
+        if edge_proj is None:
+            update.addmm_(edge_attr.to(update.dtype), weight.to(update.dtype))
+        else:
+            update.add_(edge_proj.to(update.dtype))
         update = apply_norm_(self.norm_edge, update, edge_slot, cyclic_slots).relu_()
         return update.add_(edge_attr) if update.dtype == edge_attr.dtype else update + edge_attr
 
@@ -190,7 +201,7 @@ class GatedGNN(Module):
         **kwargs (optional): Arguments of :class:`GatedGNNLayer` (``norm``, slots, ``residual``).
 
     Shapes:
-        - **input / output:** as :class:`GatedGNNLayer`
+        - **input / output:** as :class:`GatedGNNLayer` (``edge_proj``: the first layer's)
     """
 
     def __init__(self, in_channels: int, num_layers: int = 2, **kwargs):
@@ -206,8 +217,10 @@ class GatedGNN(Module):
     def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor,
                 node_slot: Optional[Tensor] = None,
                 edge_slot: Optional[Tensor] = None, in_degree: Optional[int] = None,
-                cyclic_slots: bool = False, complete: bool = False) -> Tuple[Tensor, Tensor]:
+                cyclic_slots: bool = False, complete: bool = False,
+                edge_proj: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         for layer in self.layers:
             x, edge_attr = layer(x, edge_index, edge_attr, node_slot, edge_slot, in_degree,
-                                 cyclic_slots, complete)
+                                 cyclic_slots, complete, edge_proj)
+            edge_proj = None  # the first layer's E e only
         return x, edge_attr

@@ -110,15 +110,8 @@ class SlotBatchNorm(Module):
                 statistics instead of ``x`` itself: lets a caller normalise a token-average of a
                 tensor it never builds (BN is affine per slot, so it commutes with the average).
         """
-        if self.num_channels is not None and x.size(-1) != self.num_channels:
-            raise ValueError(f"SlotBatchNorm: expected {self.num_channels} channels in the last "
-                             f"dimension, got input of shape {tuple(x.shape)}")
-        if self.training or not self.track_running_stats:
-            mean, var = self._batch_statistics(*(moments or self.row_moments(x)), slot)
-        else:
-            mean, var = self.running_mean, self.running_var
+        shift, var = self._statistics(x, slot, moments)
         scale = torch.rsqrt(var + self.eps)
-        shift = mean
         if self.affine:
             scale = scale * self.weight
         view = (-1,) + (1,) * (x.dim() - 1) if self.num_channels is None else \
@@ -159,10 +152,35 @@ class SlotBatchNorm(Module):
     def inference_affine(self) -> Tuple[Tensor, Tensor]:
         """``(scale, shift)`` of evaluation mode, ``x * scale + shift`` per slot (and channel),
         from the running statistics: lets a caller apply the norm in place."""
-        scale = torch.rsqrt(self.running_var + self.eps)
+        return self._affine(self.running_mean, self.running_var)
+
+    def slot_affine(self, x: Tensor, slot: Tensor,
+                    moments: Optional[Moments] = None) -> Tuple[Tensor, Tensor]:
+        r"""``(scale, shift)`` per slot (and channel) such that :meth:`forward` is
+        ``x * scale[slot] + shift[slot]``: :math:`\gamma_s / \sqrt{\sigma^2_s + \epsilon}` and
+        :math:`\beta_s - \mu_s \gamma_s / \sqrt{\sigma^2_s + \epsilon}` with the statistics
+        :meth:`forward` would use (in training those of ``x`` or ``moments``, and the running
+        statistics are updated as :meth:`forward` updates them). Lets a caller apply the norm
+        to a linear image of ``x`` that it computes more cheaply than from the normalised rows:
+        :math:`\mathrm{SBN}(\mathbf{x}_r) \mathbf{W}^{\top} = \mathrm{scale}_s\,
+        \mathbf{x}_r \mathbf{W}^{\top} + \mathrm{shift}_s \mathbf{W} \mathbf{1}`."""
+        return self._affine(*self._statistics(x, slot, moments))
+
+    def _statistics(self, x: Tensor, slot: Tensor,
+                    moments: Optional[Moments]) -> Tuple[Tensor, Tensor]:
+        """Per-slot mean and variance that normalise ``x``: batch or running statistics."""
+        if self.num_channels is not None and x.size(-1) != self.num_channels:
+            raise ValueError(f"SlotBatchNorm: expected {self.num_channels} channels in the last "
+                             f"dimension, got input of shape {tuple(x.shape)}")
+        if self.training or not self.track_running_stats:
+            return self._batch_statistics(*(moments or self.row_moments(x)), slot)
+        return self.running_mean, self.running_var
+
+    def _affine(self, mean: Tensor, var: Tensor) -> Tuple[Tensor, Tensor]:
+        scale = torch.rsqrt(var + self.eps)
         if self.affine:
             scale = scale * self.weight
-        shift = -self.running_mean * scale
+        shift = -mean * scale
         return scale, shift if not self.affine else shift + self.bias
 
     def _batch_statistics(self, row_mean: Tensor, row_m2: Tensor, row_count: int,

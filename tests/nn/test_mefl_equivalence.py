@@ -16,9 +16,11 @@ CONFIGS = [  # (num_aus, num_sub, residual, edge_head)
 
 
 def _gem_output(model, dense):
-    """Capture the GEM's edge features of both models during one forward."""
+    """Capture the GEM's edge features of both models during one forward (MEFL asks ours for
+    the first GNN layer's projection as well where the face basis is active: (edge_attr, E e))."""
     seen = {}
-    model.gem.register_forward_hook(lambda m, i, o: seen.__setitem__("ours", o))
+    model.gem.register_forward_hook(
+        lambda m, i, o: seen.__setitem__("ours", o if isinstance(o, torch.Tensor) else o[0]))
     dense.edge_extractor.register_forward_hook(
         lambda m, i, o: seen.__setitem__("dense", o.mean(dim=-2)))
     return seen
