@@ -58,7 +58,9 @@ class MEFL(Module):
         dropout (float): Dropout before the AU blocks. (default: :obj:`0.0`)
         check_finite (bool): Refuse tokens holding NaN or infinity with a :class:`ValueError`
             (one reduction per call; set the attribute to :obj:`False` to skip it in tight
-            loops). (default: :obj:`True`)
+            loops). On the CPU, and on a GPU only in PyG's debug mode
+            (``with torch_geometric.debug():``), since reading the result back would make every
+            call wait for the device. (default: :obj:`True`)
 
     In evaluation mode on the CPU, a tokens tensor of more than ``faces_per_chunk`` faces (an
     attribute, default 8) runs 8 faces at a time: faces do not interact in evaluation, and per
