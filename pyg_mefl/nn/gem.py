@@ -75,7 +75,7 @@ class GraphEdgeModel(MessagePassing):
         self.lin_proj = Linear(in_channels, in_channels)
         self.norm = SlotBatchNorm(num_edge_slots) if num_edge_slots is not None else None
         # None: attend in the faces' token basis whenever the layout makes that exact and it is
-        # cheaper (see _use_face_basis); True / False force it on / off (tests compare paths).
+        # cheaper (see uses_face_basis); True / False force it on / off (tests compare paths).
         self.face_basis: Optional[bool] = None
         self.reset_parameters()
 
@@ -101,7 +101,7 @@ class GraphEdgeModel(MessagePassing):
                              f"is {layout.nodes_per_graph}")
         moments = self.norm is not None and (self.training or not self.norm.track_running_stats)
         face_value = edge_face = face_run = None
-        if self._use_face_basis(x, layout):
+        if self.uses_face_basis(x, layout):
             n = layout.nodes_per_graph
             query, key, face_value = self._face_basis_operands(x, node_tokens, batch, n)
             value = query  # V_i = M_i P_g(i), kept factored (see _face_basis_operands)
@@ -123,7 +123,7 @@ class GraphEdgeModel(MessagePassing):
                                  in_degree=layout.in_degree, complete=complete, face_run=face_run,
                                  project=project)
 
-    def _use_face_basis(self, x: Tensor, layout: GraphLayout) -> bool:
+    def uses_face_basis(self, x: Tensor, layout: GraphLayout) -> bool:
         """Whether to attend in the token basis of the faces (see :meth:`_face_basis_operands`):
         exact whenever every edge joins two nodes of one face (a fact of the ``layout``), and
         cheaper per edge when there are fewer tokens than query channels (:math:`D^3` instead of

@@ -119,7 +119,7 @@ class MEFL(Module):
         node_tokens = self.afg(tokens, au_id, batch, every_au=dense, by_face=dense)
         edge_slot = edge_slots(edge_index, au_id, self.num_main_aus)
         edge_proj = None
-        if self.gem._use_face_basis(tokens, layout):  # the first GNN layer's E e, factored
+        if self.gem.uses_face_basis(tokens, layout):  # the first GNN layer's E e, factored
             edge_attr, edge_proj = self.gem(tokens, node_tokens, edge_index, batch, edge_slot,
                                             layout, project=self.gnn.layers[0].lin_e.weight)
         else:
@@ -129,7 +129,7 @@ class MEFL(Module):
             else node_tokens.mean(dim=1)
         del node_tokens  # [nodes, D, C]: let inference free it before the GNN's edge tensors
         node_x, edge_attr = self.gnn(node_x, edge_index, edge_attr, au_id, edge_slot,
-                                     layout.in_degree, cyclic_slots=isinstance(x, Tensor),
+                                     layout.in_degree, cyclic_slots=dense,
                                      complete=layout.complete, edge_proj=edge_proj)
         probs = similarity_scores(node_x, au_id, batch, num_faces, self.main_sc, self.sub_sc,
                                   self.sub_au_sources)

@@ -90,7 +90,7 @@ def test_gem_factored_projection_matches_plain(dtype, training, norm):
     factored.train(training)
     plain.train(training)
     inputs = _gem_inputs(num_aus, faces, channels, 5, dtype)
-    assert factored._use_face_basis(inputs[0], inputs[-1])
+    assert factored.uses_face_basis(inputs[0], inputs[-1])
     weight = torch.randn(channels + 3, channels, dtype=dtype)  # also a non-square projection
     outputs, grads = [], []
     for model in (factored, plain):

@@ -272,7 +272,7 @@ def test_gem_face_basis_matches_generic(graph, training, chunked):
     fast, generic = _gem_pair(num_aus)
     fast.train(training)
     generic.train(training)
-    assert fast._use_face_basis(x, layout)
+    assert fast.uses_face_basis(x, layout)
     out = fast(x, node_tokens, edge_index, batch, slot, layout)
     expected = generic(x, node_tokens, edge_index, batch, slot)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
@@ -353,7 +353,7 @@ def test_gem_edges_across_faces_use_the_generic_path():
     edge_index = torch.tensor([[0, 3, 1], [4, 1, 1]])  # 0 -> 4 and 3 -> 1 join two faces
     fast, generic = _gem_pair(3)
     layout = GraphLayout(3, None, False)
-    assert not fast._use_face_basis(x, layout)
+    assert not fast.uses_face_basis(x, layout)
     slot = edge_slots(edge_index, au_id, 3)
     fast.eval()
     generic.eval()
@@ -364,7 +364,7 @@ def test_gem_edges_across_faces_use_the_generic_path():
 def test_gem_face_basis_off_when_tokens_exceed_query_channels():
     x, node_tokens, au_id, batch = _gem_inputs(tokens=9, channels=16)  # D = 9 > C/2 = 8
     fast, _ = _gem_pair(4)
-    assert not fast._use_face_basis(x, GraphLayout(4, 4, True))
+    assert not fast.uses_face_basis(x, GraphLayout(4, 4, True))
 
 
 # ------------------------------------------------------------------------------------------------
