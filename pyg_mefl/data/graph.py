@@ -28,11 +28,17 @@ class GraphLayout(NamedTuple):
             :math:`\lfloor e / n \rfloor`, so the source features of the edges are a broadcast
             of the face's node features and the per-edge products of a face form one block
             product.
+        simple (bool): no edge appears twice (no multi-edges). With ``within_graphs`` and
+            ``nodes_per_graph`` :math:`n`, edge :math:`j \to i` of graph :math:`g` then has its
+            own row :math:`g n^2 + (i - g n) n + (j - g n)` of the complete graph's edges, so
+            per-edge products with a graph-level operand run as one product per graph on that
+            grid instead of gathering the operand for every edge.
     """
     nodes_per_graph: Optional[int] = None
     in_degree: Optional[int] = None
     within_graphs: bool = False
     complete: bool = False
+    simple: bool = False
 
     @classmethod
     def of_batch(cls, layouts: Union["GraphLayout", Iterable["GraphLayout"]]) -> "GraphLayout":
@@ -52,7 +58,8 @@ class GraphLayout(NamedTuple):
             all(layout.within_graphs for layout in layouts),
             first.nodes_per_graph is not None and all(
                 layout.complete and layout.nodes_per_graph == first.nodes_per_graph
-                for layout in layouts))
+                for layout in layouts),
+            all(layout.simple for layout in layouts))
 
     def check(self, edge_index: Tensor, batch: Tensor, name: str = "graph_layout") -> None:
         """Raise a :class:`ValueError` naming ``name`` if ``edge_index`` or ``batch`` break a fact
@@ -77,6 +84,8 @@ class GraphLayout(NamedTuple):
         if self.complete and not torch.equal(edge_index, complete_au_graph(
                 self.nodes_per_graph, batch.numel() // self.nodes_per_graph, edge_index.device)):
             broken.append("complete=True")
+        if self.simple and not is_simple(edge_index, batch.numel()):
+            broken.append("simple=True")
         if broken:
             raise ValueError(f"{name}: the graph no longer has {', '.join(broken)} (was its "
                              f"edge_index changed after it was built? rebuild it with face_graph, "
@@ -94,6 +103,13 @@ def uniform_in_degree(edge_index: Tensor, num_nodes: int) -> Optional[int]:
     k = num_edges // num_nodes
     expected = torch.arange(num_edges, device=edge_index.device) // k
     return k if torch.equal(edge_index[1], expected) else None
+
+
+def is_simple(edge_index: Tensor, num_nodes: int) -> bool:
+    """Whether no edge of ``edge_index`` (over ``num_nodes`` nodes) appears twice. Reads
+    ``edge_index``: call it where the graph is built (:class:`GraphLayout`'s ``simple``)."""
+    pair = edge_index[0] * num_nodes + edge_index[1]
+    return pair.unique().numel() == pair.numel()
 
 
 def complete_au_graph(num_aus: int, batch_size: int = 1,
@@ -168,7 +184,8 @@ def face_graph(tokens: Optional[Tensor], num_aus: Optional[int] = None,
     in_degree = uniform_in_degree(edge_index, num_nodes)
     complete = in_degree == num_nodes and torch.equal(
         edge_index, complete_au_graph(num_nodes, device=edge_index.device))
-    layout = GraphLayout(num_nodes, in_degree, True, complete)
+    simple = complete or is_simple(edge_index, num_nodes)
+    layout = GraphLayout(num_nodes, in_degree, True, complete, simple)
     data = Data(tokens=None if tokens is None else tokens.unsqueeze(0), au_id=au_id,
                 edge_index=edge_index, num_nodes=num_nodes, graph_layout=layout)
     if labels is not None:

@@ -100,7 +100,7 @@ class GraphEdgeModel(MessagePassing):
                              f"hold {node_tokens.size(1)} nodes a face, but layout.nodes_per_graph "
                              f"is {layout.nodes_per_graph}")
         moments = self.norm is not None and (self.training or not self.norm.track_running_stats)
-        face_value = edge_face = face_run = None
+        face_value = edge_face = face_run = grid_pos = None
         if self.uses_face_basis(x, layout):
             n = layout.nodes_per_graph
             query, key, face_value = self._face_basis_operands(x, node_tokens, batch, n)
@@ -108,6 +108,8 @@ class GraphEdgeModel(MessagePassing):
             edge_face = batch.index_select(0, edge_index[1])
             if n is not None and layout.in_degree is not None:  # face g: edges [g n k, (g+1) n k)
                 face_run = n * layout.in_degree
+            elif n is not None and layout.simple:  # edge j -> i: row i n + (j mod n) of the grid
+                face_run, grid_pos = n * n, edge_index[1] * n + edge_index[0] % n
             statistics = _face_value_statistics(query, face_value, batch, n) if moments else None
         else:
             face_aware = self.fam(node_tokens.reshape(-1, *node_tokens.shape[-2:]), x, index=batch)
@@ -121,7 +123,7 @@ class GraphEdgeModel(MessagePassing):
                                  face_value=face_value, edge_face=edge_face, shift=shift,
                                  row_sum=row_sum, gram=gram, edge_slot=edge_slot,
                                  in_degree=layout.in_degree, complete=complete, face_run=face_run,
-                                 project=project)
+                                 grid_pos=grid_pos, project=project)
 
     def uses_face_basis(self, x: Tensor, layout: GraphLayout) -> bool:
         """Whether to attend in the token basis of the faces (see :meth:`_face_basis_operands`):
@@ -173,11 +175,12 @@ class GraphEdgeModel(MessagePassing):
                     edge_face: Optional[Tensor], shift: Optional[Tensor],
                     row_sum: Optional[Tensor], gram: Optional[Tensor], edge_index_i: Tensor,
                     edge_index_j: Tensor, edge_slot: Optional[Tensor], in_degree: Optional[int],
-                    complete: Optional[int], face_run: Optional[int],
+                    complete: Optional[int], face_run: Optional[int], grid_pos: Optional[Tensor],
                     project: Optional[Tensor]) -> Union[Tensor, Tuple[Tensor, Tensor]]:
         # Attention of edge j -> i: queries from the source's tokens, keys/values from the target's.
         # (The keys carry the 1/sqrt(C/2) scale of the attention.) With face_value, the values
-        # are V_i = value_i face_value_g(i) (edge_face: g of each edge's target).
+        # are V_i = value_i face_value_g(i) (edge_face: g of each edge's target; grid_pos: each
+        # edge's row in the faces' complete graphs, of face_run rows each, see _face_products).
         num_tokens = query.size(1)
         # Column sums 1^T A_e of the attention maps and, for the statistics, tr(A_e G_i A_e^T)
         # with the node Gram matrices G_i = V~_i V~_i^T of the values less a shift c_i: with
@@ -197,16 +200,17 @@ class GraphEdgeModel(MessagePassing):
             moments = (mean, second - first.square() / count, count)
         if face_value is not None and project is not None:
             return self._factored_projection(pooled, face_value, project, edge_face, face_run,
-                                             edge_slot, moments)
+                                             grid_pos, edge_slot, moments)
         if face_value is not None:  # (m_e^T M_i / D) P_g
-            pooled = gather_matmul(pooled, face_value, None, edge_face, run_length=face_run)
+            pooled = _face_products(pooled, face_value, edge_face, face_run, grid_pos)
         pooled = pooled.squeeze(1)                                          # mean_d P_e, [E, C]
         edge_attr = pooled if self.norm is None else self.norm(pooled, edge_slot, moments)
         return edge_attr if project is None else (edge_attr, edge_attr @ project.t())
 
     def _factored_projection(self, weights: Tensor, face_value: Tensor, project: Tensor,
                              edge_face: Tensor, face_run: Optional[int],
-                             edge_slot: Optional[Tensor], moments: Optional[Moments]
+                             grid_pos: Optional[Tensor], edge_slot: Optional[Tensor],
+                             moments: Optional[Moments]
                              ) -> Tuple[Tensor, Tensor]:
         r"""``(edge_attr, edge_attr @ project.T)`` from the edges' pooling weights
         :math:`\mathbf{w}_e` (``weights`` ``[E, 1, D]``) and the faces' values
@@ -228,7 +232,7 @@ class GraphEdgeModel(MessagePassing):
             face_value = torch.cat([face_value, last.to(face_value.dtype).expand(
                 face_value.size(0), 1, -1)], dim=1)                         # [G, D + 1, C + C']
         # (.to: under autocast, the dtype the norm's affine gives the plain path's edges)
-        out = gather_matmul(weights, face_value, None, edge_face, run_length=face_run)
+        out = _face_products(weights, face_value, edge_face, face_run, grid_pos)
         edge_attr, projected = out.squeeze(1).to(weights.dtype).split(
             [self.in_channels, project.size(0)], dim=1)
         return edge_attr, projected
@@ -236,6 +240,22 @@ class GraphEdgeModel(MessagePassing):
     def __repr__(self) -> str:
         slots = None if self.norm is None else self.norm.num_slots
         return f"{self.__class__.__name__}({self.in_channels}, num_edge_slots={slots})"
+
+
+def _face_products(weights: Tensor, face_value: Tensor, edge_face: Tensor,
+                   face_run: Optional[int], grid_pos: Optional[Tensor]) -> Tensor:
+    r""":math:`\mathbf{w}_e^{\top} \mathbf{P}_{g(e)}` for every edge (``weights`` ``[E, 1, K]``,
+    ``face_value`` :math:`\mathbf{P}` ``[G, K, R]``, ``edge_face`` :math:`g`), ``[E, 1, R]``:
+    one product per face when the edges come in runs of ``face_run`` per face, or, with
+    ``grid_pos``, when each edge has its own row of such runs (the rows of the faces' complete
+    graphs, see :class:`~pyg_mefl.data.GraphLayout`'s ``simple``): the weights are spread onto
+    the grid and the products gathered back from it. Otherwise each edge gathers its face's
+    :math:`K \times R` operand."""
+    if grid_pos is None:
+        return gather_matmul(weights, face_value, None, edge_face, run_length=face_run)
+    grid = weights.new_zeros((face_value.size(0) * face_run,) + weights.shape[1:])
+    grid = grid.index_copy(0, grid_pos, weights)
+    return gather_matmul(grid, face_value, run_length=face_run).index_select(0, grid_pos)
 
 
 def _node_face_products(node_tokens: Tensor, face_rows: Tensor, batch: Tensor,

@@ -153,7 +153,7 @@ class MEFL(Module):
         if isinstance(x, Tensor):
             num_aus = self.num_main_aus
             return (tokens, au_id, complete_au_graph(num_aus, tokens.size(0), tokens.device),
-                    batch, GraphLayout(num_aus, num_aus, True, True))
+                    batch, GraphLayout(num_aus, num_aus, True, True, True))
         check_edge_index(x.edge_index, au_id.size(0), "data.edge_index")
         layout = GraphLayout.of_batch(getattr(x, "graph_layout", None) or [])
         if not torch.compiler.is_compiling():

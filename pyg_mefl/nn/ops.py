@@ -106,10 +106,12 @@ class _GatherMatmul(torch.autograd.Function):
         a, b, a_index, b_index = ctx.saved_tensors
         transpose_b, run_length = ctx.transpose_b, ctx.run_length
         grad_a = grad_b = None
-        if ctx.needs_input_grad[0]:  # rows gathered by an index accumulate, the others are set
+        if ctx.needs_input_grad[0]:  # rows gathered by an index or shared by a run accumulate,
+            # the others are set
             grad_a = torch.zeros_like(a) if a_index is not None else torch.empty_like(a)
         if ctx.needs_input_grad[1]:
-            grad_b = torch.zeros_like(b) if b_index is not None else torch.empty_like(b)
+            grad_b = torch.zeros_like(b) if b_index is not None or run_length is not None \
+                else torch.empty_like(b)
         grad_out = grad_out.contiguous()
         per_edge = 2 * _per_edge(a, b, run_length) + grad_out.size(1) * grad_out.size(2)
         for start, end in _chunks(grad_out.size(0), per_edge, run_length):

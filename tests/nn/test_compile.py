@@ -126,15 +126,19 @@ def test_gated_gnn_layer_one_graph_and_compiled_equals_eager(graph):
     assert_compiled_matches_eager(forward, layer, (x, edge_attr), [x, edge_attr])
 
 
-@pytest.mark.parametrize("graph", ["uniform", "arbitrary"])
+@pytest.mark.parametrize("graph", ["uniform", "arbitrary", "arbitrary-simple"])
 def test_graph_edge_model_one_graph_and_compiled_equals_eager(graph):
     torch.manual_seed(4)
     gem = GraphEdgeModel(CHANNELS, num_edge_slots=NUM_AUS ** 2).train()
-    _, edge_index, _, node_slot, edge_slot = _gnn_inputs(graph == "arbitrary")
+    _, edge_index, _, node_slot, edge_slot = _gnn_inputs(graph != "uniform")
     tokens = torch.randn(FACES, TOKENS, CHANNELS, requires_grad=True)
     node_tokens = torch.randn(FACES * NUM_AUS, TOKENS, CHANNELS, requires_grad=True)
     batch = torch.arange(FACES).repeat_interleave(NUM_AUS)
-    layout = GraphLayout(NUM_AUS, NUM_AUS, True) if graph == "uniform" else GraphLayout()
+    # arbitrary-simple: the face basis with its per-face products on the complete grid
+    layout = {"uniform": GraphLayout(NUM_AUS, NUM_AUS, True),
+              "arbitrary": GraphLayout(),
+              "arbitrary-simple": GraphLayout(NUM_AUS, None, True, False, True)}[graph]
+    assert gem.uses_face_basis(tokens, layout) == (graph != "arbitrary")
 
     def forward(tokens, node_tokens):
         return (gem(tokens, node_tokens, edge_index, batch, edge_slot, layout),)

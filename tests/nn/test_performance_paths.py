@@ -54,21 +54,27 @@ def test_uniform_in_degree(target, num_nodes, expected):
 
 def test_face_graph_records_its_layout():
     tokens = torch.randn(3, 4)
-    assert face_graph(tokens, 5).graph_layout == GraphLayout(5, 5, True, True)
+    assert face_graph(tokens, 5).graph_layout == GraphLayout(5, 5, True, True, True)
     sparse = face_graph(tokens, 3, edge_index=torch.tensor([[0, 1, 2], [1, 0, 0]]))
-    assert sparse.graph_layout == GraphLayout(3, None, True)
+    assert sparse.graph_layout == GraphLayout(3, None, True, False, True)
     batch = Batch.from_data_list([face_graph(tokens, 4), face_graph(tokens, 4)])
-    assert GraphLayout.of_batch(batch.graph_layout) == GraphLayout(4, 4, True, True)
+    assert GraphLayout.of_batch(batch.graph_layout) == GraphLayout(4, 4, True, True, True)
     mixed = Batch.from_data_list([face_graph(tokens, 4), face_graph(tokens, au_ids=[0, 2])])
-    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(None, None, True)
+    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(None, None, True, False, True)
     mixed = Batch.from_data_list([face_graph(tokens, 4), sparse])
-    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(None, None, True)
+    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(None, None, True, False, True)
     # every target keeps all 4 sources, in another order: uniform, but not the reference order
     shuffled = complete_au_graph(4).view(2, 4, 4).flip(2).reshape(2, -1)
-    assert face_graph(tokens, 4, edge_index=shuffled).graph_layout == GraphLayout(4, 4, True)
+    assert face_graph(tokens, 4, edge_index=shuffled).graph_layout == \
+        GraphLayout(4, 4, True, False, True)
     mixed = Batch.from_data_list([face_graph(tokens, 4), face_graph(tokens, 4,
                                                                    edge_index=shuffled)])
-    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(4, 4, True)
+    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(4, 4, True, False, True)
+    # an edge given twice: a multigraph, not simple
+    twice = face_graph(tokens, 3, edge_index=torch.tensor([[0, 1, 0], [1, 0, 1]]))
+    assert twice.graph_layout == GraphLayout(3, None, True, False, False)
+    mixed = Batch.from_data_list([sparse, twice])
+    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(3, None, True, False, False)
 
 
 def test_stale_layout_is_refused():
@@ -79,6 +85,10 @@ def test_stale_layout_is_refused():
         model(data)
     data.graph_layout = GraphLayout()  # states no facts: the generic paths
     assert model(data).shape == (1, 3)
+    data = face_graph(torch.randn(4, 8), 3, edge_index=torch.tensor([[0, 1], [1, 0]]))
+    data.edge_index = torch.tensor([[0, 1, 0], [1, 0, 1]])  # an edge added twice
+    with pytest.raises(ValueError, match="the graph no longer has simple=True"):
+        model(data)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -114,6 +124,23 @@ def test_gather_matmul_matches_indexing(case, transpose_b, chunked):
     a_rows = a if a_index is None else a[a_index]
     b_rows = b if b_index is None else b[b_index]
     expected = a_rows @ (b_rows.transpose(1, 2) if transpose_b else b_rows)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(_grads(out, (a, b)), _grads(expected, (a, b))):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("transpose_b", [False, True])
+def test_gather_matmul_runs_without_index(transpose_b, chunked):
+    """``run_length`` with no ``b_index``: edge ``e`` meets ``b[e // k]``, which is never
+    gathered, and its gradient sums the run's products."""
+    generator = torch.Generator().manual_seed(2)
+    num_edges, k, p, q, r = 12, 3, 2, 4, 3
+    a = torch.randn(num_edges, p, q, dtype=DTYPE, generator=generator, requires_grad=True)
+    b = torch.randn(num_edges // k, *((r, q) if transpose_b else (q, r)), dtype=DTYPE,
+                    generator=generator, requires_grad=True)
+    out = gather_matmul(a, b, transpose_b=transpose_b, run_length=k)
+    b_rows = b.repeat_interleave(k, dim=0)
+    expected = a @ (b_rows.transpose(1, 2) if transpose_b else b_rows)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(_grads(out, (a, b)), _grads(expected, (a, b))):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
@@ -255,7 +282,8 @@ def _gem_pair(num_aus, channels=16):
     return fast, generic
 
 
-@pytest.mark.parametrize("graph", ["complete", "complete-runs", "sparse-shuffled"])
+@pytest.mark.parametrize("graph", ["complete", "complete-runs", "sparse-shuffled",
+                                   "sparse-shuffled-simple"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_gem_face_basis_matches_generic(graph, training, chunked):
     num_faces, num_aus = 3, 4
@@ -263,11 +291,12 @@ def test_gem_face_basis_matches_generic(graph, training, chunked):
     edge_index = complete_au_graph(num_aus, num_faces)
     # complete: block products per face; complete-runs: only the uniform in-degree is stated
     layout = GraphLayout(num_aus, num_aus, True, graph == "complete")
-    if graph == "sparse-shuffled":  # uneven in-degree, edges in random order
+    if graph.startswith("sparse-shuffled"):  # uneven in-degree, edges in random order
         keep = torch.rand(edge_index.size(1), generator=torch.Generator().manual_seed(6)) < 0.6
         edge_index = edge_index[:, keep]
         edge_index = edge_index[:, torch.randperm(edge_index.size(1))]
-        layout = GraphLayout(num_aus, None, True)
+        # stated simple: the per-face value products on the faces' complete grids
+        layout = GraphLayout(num_aus, None, True, False, graph.endswith("simple"))
     slot = edge_slots(edge_index, au_id, num_aus)
     fast, generic = _gem_pair(num_aus)
     fast.train(training)
@@ -480,6 +509,50 @@ def test_model_fast_paths_match_generic_paths(training):
 
     weights = torch.randn(fast.probs.shape, dtype=DTYPE)
     ((fast.probs * weights).sum() + fast_edges.square().mean()).backward()
+    ((generic.probs * weights).sum() + generic.edge_attr.square().mean()).backward()
+    generic_params = dict(generic_model.named_parameters())
+    for name, param in fast_model.named_parameters():
+        torch.testing.assert_close(param.grad, generic_params[name].grad, rtol=1e-8, atol=1e-10,
+                                   msg=lambda m: f"{name}: {m}")
+    generic_state = generic_model.state_dict()
+    for name, buffer in fast_model.state_dict().items():
+        if "running" in name or "num_batches" in name:
+            torch.testing.assert_close(buffer, generic_state[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("multigraph", [False, True], ids=["simple", "with-duplicates"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_model_on_uneven_graphs_matches_generic_paths(training, multigraph):
+    """Uneven face graphs (no uniform in-degree): the face basis with its per-face products on
+    the complete grid (simple graphs) or gathered per edge (an edge given twice), against the
+    same model and graphs with no layout stated (per-node attention, every product gathered)."""
+    num_faces, num_aus, tokens, channels = 3, 6, 5, 16
+    x = torch.randn(num_faces, tokens, channels, dtype=DTYPE,
+                    generator=torch.Generator().manual_seed(12))
+    fast_model = _model(num_aus, channels).train(training)
+    generic_model = _model(num_aus, channels).train(training)
+    generator = torch.Generator().manual_seed(13)
+    graphs = []
+    for b in range(num_faces):
+        edges = complete_au_graph(num_aus)
+        edges = edges[:, torch.rand(edges.size(1), generator=generator) < 0.5]
+        if multigraph:
+            edges = torch.cat([edges, edges[:, :2]], dim=1)
+        edges = edges[:, torch.randperm(edges.size(1), generator=generator)]
+        graphs.append(face_graph(x[b], num_aus, edge_index=edges))
+    fast_batch = Batch.from_data_list(graphs)
+    layout = GraphLayout.of_batch(fast_batch.graph_layout)
+    assert layout == GraphLayout(num_aus, None, True, False, not multigraph)
+    assert fast_model.gem.uses_face_basis(x, layout)
+    generic_batch = fast_batch.clone()
+    generic_batch.graph_layout = [GraphLayout()] * num_faces
+
+    fast = fast_model(fast_batch, return_edges=True)
+    generic = generic_model(generic_batch, return_edges=True)
+    torch.testing.assert_close(fast.probs, generic.probs, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(fast.edge_attr, generic.edge_attr, rtol=1e-10, atol=1e-10)
+    weights = torch.randn(fast.probs.shape, dtype=DTYPE)
+    ((fast.probs * weights).sum() + fast.edge_attr.square().mean()).backward()
     ((generic.probs * weights).sum() + generic.edge_attr.square().mean()).backward()
     generic_params = dict(generic_model.named_parameters())
     for name, param in fast_model.named_parameters():
