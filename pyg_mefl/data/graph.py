@@ -84,7 +84,7 @@ class GraphLayout(NamedTuple):
         if self.complete and not torch.equal(edge_index, complete_au_graph(
                 self.nodes_per_graph, batch.numel() // self.nodes_per_graph, edge_index.device)):
             broken.append("complete=True")
-        if self.simple and not is_simple(edge_index, batch.numel()):
+        if self.simple and not self.complete and not is_simple(edge_index, batch.numel()):
             broken.append("simple=True")
         if broken:
             raise ValueError(f"{name}: the graph no longer has {', '.join(broken)} (was its "
