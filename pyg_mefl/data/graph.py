@@ -33,12 +33,18 @@ class GraphLayout(NamedTuple):
             own row :math:`g n^2 + (i - g n) n + (j - g n)` of the complete graph's edges, so
             per-edge products with a graph-level operand run as one product per graph on that
             grid instead of gathering the operand for every edge.
+        ids_in_order (bool): with ``nodes_per_graph`` :math:`n`, node :math:`v` has id
+            :math:`v \bmod n` (``au_id`` is ``arange(n)`` in every graph: each graph holds every
+            AU of an :math:`n`-AU vocabulary, in order), so a batch of complete graphs is laid
+            out as a tokens tensor would be: the AU blocks and the slot norms take the same
+            paths.
     """
     nodes_per_graph: Optional[int] = None
     in_degree: Optional[int] = None
     within_graphs: bool = False
     complete: bool = False
     simple: bool = False
+    ids_in_order: bool = False
 
     @classmethod
     def of_batch(cls, layouts: Union["GraphLayout", Iterable["GraphLayout"]]) -> "GraphLayout":
@@ -59,11 +65,16 @@ class GraphLayout(NamedTuple):
             first.nodes_per_graph is not None and all(
                 layout.complete and layout.nodes_per_graph == first.nodes_per_graph
                 for layout in layouts),
-            all(layout.simple for layout in layouts))
+            all(layout.simple for layout in layouts),
+            first.nodes_per_graph is not None and all(
+                layout.ids_in_order and layout.nodes_per_graph == first.nodes_per_graph
+                for layout in layouts))
 
-    def check(self, edge_index: Tensor, batch: Tensor, name: str = "graph_layout") -> None:
-        """Raise a :class:`ValueError` naming ``name`` if ``edge_index`` or ``batch`` break a fact
-        this layout states (e.g. an ``edge_index`` changed after the graph was built). The check
+    def check(self, edge_index: Tensor, batch: Tensor, name: str = "graph_layout",
+              node_id: Optional[Tensor] = None) -> None:
+        """Raise a :class:`ValueError` naming ``name`` if ``edge_index``, ``batch`` or the node
+        ids ``node_id`` (e.g. ``au_id``; not checked if :obj:`None`) break a fact this layout
+        states (e.g. an ``edge_index`` changed after the graph was built). The check
         reads the index values, so, like the other value checks
         (:func:`~pyg_mefl.utils.checks.reads_values`), it runs on the CPU, and on a GPU only in
         PyG's debug mode (``with torch_geometric.debug():``); inside compiled code it is a
@@ -86,6 +97,10 @@ class GraphLayout(NamedTuple):
             broken.append("complete=True")
         if self.simple and not self.complete and not is_simple(edge_index, batch.numel()):
             broken.append("simple=True")
+        if self.ids_in_order and node_id is not None and not torch.equal(
+                node_id, torch.arange(node_id.numel(), device=node_id.device)
+                % self.nodes_per_graph):
+            broken.append("ids_in_order=True")
         if broken:
             raise ValueError(f"{name}: the graph no longer has {', '.join(broken)} (was its "
                              f"edge_index changed after it was built? rebuild it with face_graph, "
@@ -185,7 +200,8 @@ def face_graph(tokens: Optional[Tensor], num_aus: Optional[int] = None,
     complete = in_degree == num_nodes and torch.equal(
         edge_index, complete_au_graph(num_nodes, device=edge_index.device))
     simple = complete or is_simple(edge_index, num_nodes)
-    layout = GraphLayout(num_nodes, in_degree, True, complete, simple)
+    in_order = au_ids is None or torch.equal(au_id, torch.arange(num_nodes, device=device))
+    layout = GraphLayout(num_nodes, in_degree, True, complete, simple, in_order)
     data = Data(tokens=None if tokens is None else tokens.unsqueeze(0), au_id=au_id,
                 edge_index=edge_index, num_nodes=num_nodes, graph_layout=layout)
     if labels is not None:

@@ -114,8 +114,10 @@ class MEFL(Module):
         num_faces = tokens.size(0)
         if num_faces == 0:  # e.g. a video frame without a face
             return self._empty_output(tokens, isinstance(x, Tensor), return_edges)
-        # a tensor: node tokens [B, N, D, C], a view of the AU blocks' product (no copy)
-        dense = isinstance(x, Tensor)
+        # every face holds every AU in order (a tensor, or face graphs that say so): node tokens
+        # [B, N, D, C], a view of the AU blocks' product (no copy), and rows cycling through
+        # the slots
+        dense = layout.ids_in_order and layout.nodes_per_graph == self.num_main_aus
         node_tokens = self.afg(tokens, au_id, batch, every_au=dense, by_face=dense)
         edge_slot = edge_slots(edge_index, au_id, self.num_main_aus)
         edge_proj = None
@@ -129,7 +131,7 @@ class MEFL(Module):
             else node_tokens.mean(dim=1)
         del node_tokens  # [nodes, D, C]: let inference free it before the GNN's edge tensors
         node_x, edge_attr = self.gnn(node_x, edge_index, edge_attr, au_id, edge_slot,
-                                     layout.in_degree, cyclic_slots=dense,
+                                     layout.in_degree, cyclic_slots=dense and layout.complete,
                                      complete=layout.complete, edge_proj=edge_proj)
         probs = similarity_scores(node_x, au_id, batch, num_faces, self.main_sc, self.sub_sc,
                                   self.sub_au_sources)
@@ -153,11 +155,11 @@ class MEFL(Module):
         if isinstance(x, Tensor):
             num_aus = self.num_main_aus
             return (tokens, au_id, complete_au_graph(num_aus, tokens.size(0), tokens.device),
-                    batch, GraphLayout(num_aus, num_aus, True, True, True))
+                    batch, GraphLayout(num_aus, num_aus, True, True, True, True))
         check_edge_index(x.edge_index, au_id.size(0), "data.edge_index")
         layout = GraphLayout.of_batch(getattr(x, "graph_layout", None) or [])
         if not torch.compiler.is_compiling():
-            layout.check(x.edge_index, batch, "data.graph_layout")
+            layout.check(x.edge_index, batch, "data.graph_layout", au_id)
         return tokens, au_id, x.edge_index, batch, layout
 
     def _in_chunks(self, tokens: Tensor, chunk: int,

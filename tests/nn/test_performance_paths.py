@@ -54,11 +54,16 @@ def test_uniform_in_degree(target, num_nodes, expected):
 
 def test_face_graph_records_its_layout():
     tokens = torch.randn(3, 4)
-    assert face_graph(tokens, 5).graph_layout == GraphLayout(5, 5, True, True, True)
+    assert face_graph(tokens, 5).graph_layout == GraphLayout(5, 5, True, True, True, True)
     sparse = face_graph(tokens, 3, edge_index=torch.tensor([[0, 1, 2], [1, 0, 0]]))
-    assert sparse.graph_layout == GraphLayout(3, None, True, False, True)
+    assert sparse.graph_layout == GraphLayout(3, None, True, False, True, True)
     batch = Batch.from_data_list([face_graph(tokens, 4), face_graph(tokens, 4)])
-    assert GraphLayout.of_batch(batch.graph_layout) == GraphLayout(4, 4, True, True, True)
+    assert GraphLayout.of_batch(batch.graph_layout) == GraphLayout(4, 4, True, True, True, True)
+    # AU ids given: in order only if they are 0..n-1
+    assert face_graph(tokens, au_ids=[0, 1, 2]).graph_layout.ids_in_order
+    assert not face_graph(tokens, au_ids=[1, 0, 2]).graph_layout.ids_in_order
+    mixed = Batch.from_data_list([face_graph(tokens, 3), face_graph(tokens, au_ids=[1, 0, 2])])
+    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(3, 3, True, True, True, False)
     mixed = Batch.from_data_list([face_graph(tokens, 4), face_graph(tokens, au_ids=[0, 2])])
     assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(None, None, True, False, True)
     mixed = Batch.from_data_list([face_graph(tokens, 4), sparse])
@@ -66,15 +71,16 @@ def test_face_graph_records_its_layout():
     # every target keeps all 4 sources, in another order: uniform, but not the reference order
     shuffled = complete_au_graph(4).view(2, 4, 4).flip(2).reshape(2, -1)
     assert face_graph(tokens, 4, edge_index=shuffled).graph_layout == \
-        GraphLayout(4, 4, True, False, True)
+        GraphLayout(4, 4, True, False, True, True)
     mixed = Batch.from_data_list([face_graph(tokens, 4), face_graph(tokens, 4,
                                                                    edge_index=shuffled)])
-    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(4, 4, True, False, True)
+    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(4, 4, True, False, True, True)
     # an edge given twice: a multigraph, not simple
     twice = face_graph(tokens, 3, edge_index=torch.tensor([[0, 1, 0], [1, 0, 1]]))
-    assert twice.graph_layout == GraphLayout(3, None, True, False, False)
+    assert twice.graph_layout == GraphLayout(3, None, True, False, False, True)
     mixed = Batch.from_data_list([sparse, twice])
-    assert GraphLayout.of_batch(mixed.graph_layout) == GraphLayout(3, None, True, False, False)
+    assert GraphLayout.of_batch(mixed.graph_layout) == \
+        GraphLayout(3, None, True, False, False, True)
 
 
 def test_stale_layout_is_refused():
@@ -88,6 +94,10 @@ def test_stale_layout_is_refused():
     data = face_graph(torch.randn(4, 8), 3, edge_index=torch.tensor([[0, 1], [1, 0]]))
     data.edge_index = torch.tensor([[0, 1, 0], [1, 0, 1]])  # an edge added twice
     with pytest.raises(ValueError, match="the graph no longer has simple=True"):
+        model(data)
+    data = face_graph(torch.randn(4, 8), 3)
+    data.au_id = data.au_id.flip(0)  # AU ids edited after it was built
+    with pytest.raises(ValueError, match="the graph no longer has ids_in_order=True"):
         model(data)
 
 
@@ -542,7 +552,7 @@ def test_model_on_uneven_graphs_matches_generic_paths(training, multigraph):
         graphs.append(face_graph(x[b], num_aus, edge_index=edges))
     fast_batch = Batch.from_data_list(graphs)
     layout = GraphLayout.of_batch(fast_batch.graph_layout)
-    assert layout == GraphLayout(num_aus, None, True, False, not multigraph)
+    assert layout == GraphLayout(num_aus, None, True, False, not multigraph, True)
     assert fast_model.gem.uses_face_basis(x, layout)
     generic_batch = fast_batch.clone()
     generic_batch.graph_layout = [GraphLayout()] * num_faces
