@@ -6,6 +6,7 @@ import torch
 from torch import Tensor
 from torch.nn import BatchNorm1d, Dropout, Linear, Module, Parameter
 
+from .activation import relu
 from .norm import SlotBatchNorm
 
 
@@ -111,8 +112,9 @@ class AUFeatureBlocks(Module):
             out = out[batch, :, au_id]
             return out if inference else torch.relu_(self.norm(out, au_id))
         if self.training:  # rows (face, token) cycle through the AUs: fused norm (a ReLU out
-            # of place: in place on the norm's view, autograd would copy the gradient around it)
-            out = torch.relu(self.norm.cyclic(out.view(-1, self.num_aus, channels))).view_as(out)
+            # of place: in place on the norm's view, autograd would copy the gradient around it;
+            # and one whose gradient compiled code takes from its output, not a stored mask)
+            out = relu(self.norm.cyclic(out.view(-1, self.num_aus, channels))).view_as(out)
         out = out.transpose(1, 2)                                           # [G, A, D, C]
         if not (inference or self.training):  # the norm module on the node rows
             out = torch.relu_(self.norm(out.reshape(-1, num_tokens, channels), au_id)).view_as(out)

@@ -8,6 +8,7 @@ from torch.nn import Module, Parameter
 from torch_geometric.nn.norm import BatchNorm
 from torch_geometric.utils import scatter
 
+from .activation import batch_norm_relu_backward
 from .sync_norm import gather_moments, is_syncing
 
 Moments = Tuple[Tensor, Tensor, int]
@@ -301,22 +302,24 @@ def add_relu_norm(norm: Optional[Module], x: Tensor, residual: Tensor, slot: Opt
 
 class _AddReluNorm(torch.autograd.Function):
     # r + relu(BN(x)) with batch statistics over channel dim 1 of x [rows, channels, M] (torch's
-    # fused batch norm, which updates the running statistics); saves x and the ReLU's mask.
+    # fused batch norm, which updates the running statistics); saves x and the ReLU's mask, or
+    # under torch.compile recomputes the mask in the backward pass (batch_norm_relu_backward).
     @staticmethod
     def forward(ctx, x: Tensor, residual: Tensor, weight: Optional[Tensor],
                 bias: Optional[Tensor], running_mean: Optional[Tensor],
                 running_var: Optional[Tensor], momentum: float, eps: float) -> Tensor:
         out, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var,
                                                     True, momentum, eps)
-        positive = out > 0
-        ctx.save_for_backward(x, weight, mean, invstd, positive)
+        positive = None if torch.compiler.is_compiling() else out > 0
+        ctx.save_for_backward(x, weight, bias, mean, invstd, positive)
         ctx.eps = eps
         return out.relu_().add_(residual)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, weight, mean, invstd, positive = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = torch.ops.aten.native_batch_norm_backward(
-            grad * positive, x, weight, None, None, mean, invstd, True, ctx.eps,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[2], ctx.needs_input_grad[3]])
+        x, weight, bias, mean, invstd, positive = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = batch_norm_relu_backward(
+            grad.contiguous(), x, weight, bias, mean, invstd, ctx.eps, positive)
+        if weight is None:
+            grad_weight = grad_bias = None
         return grad_x, grad, grad_weight, grad_bias, None, None, None, None
