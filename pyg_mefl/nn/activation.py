@@ -53,12 +53,11 @@ def batch_norm_relu_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor],
     gradient ``grad``: ``[grad_x, grad_weight, grad_bias]`` (the last two empty without
     ``weight``). The ReLU's sign is read from the mask ``positive``, or recomputed from ``x``
     when it is :obj:`None` (compiled code, see the module's docstring)."""
-    if positive is None:
-        view = (1, -1, 1)
-        normed = (x - mean.view(view)) * invstd.view(view)
-        if weight is not None:
-            normed = torch.addcmul(bias.view(view), normed, weight.view(view))
-        positive = normed > 0
+    if positive is None:  # BN(x) = x a + b per channel: one pass for the sign
+        scale = invstd if weight is None else invstd * weight
+        shift = -mean * scale if bias is None else bias - mean * scale
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        positive = torch.addcmul(shift.view(view), x, scale.view(view)) > 0
     affine = weight is not None
     grads = torch.ops.aten.native_batch_norm_backward(grad * positive, x, weight, None, None,
                                                       mean, invstd, True, eps,
