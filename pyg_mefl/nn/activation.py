@@ -59,7 +59,8 @@ def batch_norm_relu_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor],
         view = (1, -1) + (1,) * (x.dim() - 2)
         positive = torch.addcmul(shift.view(view), x, scale.view(view)) > 0
     affine = weight is not None
-    grads = torch.ops.aten.native_batch_norm_backward(grad * positive, x, weight, None, None,
+    grad = torch.where(positive, grad, grad.new_zeros(()))  # (a bool factor would be cast)
+    grads = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None,
                                                       mean, invstd, True, eps,
                                                       [True, affine, affine])
     return [g if g is not None else x.new_empty(0) for g in grads]

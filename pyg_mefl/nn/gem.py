@@ -214,27 +214,28 @@ class GraphEdgeModel(MessagePassing):
                              ) -> Tuple[Tensor, Tensor]:
         r"""``(edge_attr, edge_attr @ project.T)`` from the edges' pooling weights
         :math:`\mathbf{w}_e` (``weights`` ``[E, 1, D]``) and the faces' values
-        :math:`\mathbf{P}_g` in one product per face: the slot norm's per-edge affine
+        :math:`\mathbf{P}_g` in one product per face for each: the slot norm's per-edge affine
         :math:`(a_s, b_s)` (:meth:`SlotBatchNorm.slot_affine`) goes into the weights as
-        :math:`[a_s \mathbf{w}_e, b_s]` and the face's operand is :math:`[\mathbf{P}_g,
-        \mathbf{P}_g \mathbf{W}^{\top}]` with the row :math:`[\mathbf{1}^{\top},
-        (\mathbf{W}\mathbf{1})^{\top}]` appended, so one ``[1, D + 1] x [D + 1, C + C']``
-        product per edge gives :math:`a_s \mathbf{w}_e^{\top} \mathbf{P}_g + b_s` and
-        :math:`a_s \mathbf{w}_e^{\top} \mathbf{P}_g \mathbf{W}^{\top} + b_s \mathbf{W}
-        \mathbf{1}`."""
-        face_value = torch.cat([face_value, face_value @ project.t()], dim=2)  # [G, D, C + C']
+        :math:`[a_s \mathbf{w}_e, b_s]` and the faces' operands are :math:`\mathbf{P}_g` and
+        :math:`\mathbf{P}_g \mathbf{W}^{\top}` with the rows :math:`\mathbf{1}^{\top}` and
+        :math:`(\mathbf{W}\mathbf{1})^{\top}` appended, so ``[1, D + 1] x [D + 1, C]`` and
+        ``[1, D + 1] x [D + 1, C']`` products per edge give :math:`a_s \mathbf{w}_e^{\top}
+        \mathbf{P}_g + b_s` and :math:`a_s \mathbf{w}_e^{\top} \mathbf{P}_g \mathbf{W}^{\top} +
+        b_s \mathbf{W} \mathbf{1}` (two products rather than one of width C + C': split from one
+        buffer, the edges would get strided rows and their gradients a copy into it)."""
+        operands = [face_value, face_value @ project.t()]                  # [G, D, C], [G, D, C']
         if self.norm is not None:  # (weights only carry the shape: the statistics are given)
             scale, shift = (t.index_select(0, edge_slot).view(-1, 1, 1)
                             for t in self.norm.slot_affine(weights, edge_slot, moments))
             weights = weights * scale
             weights = torch.cat([weights, shift.to(weights.dtype)], dim=2)
-            last = torch.cat([project.new_ones(self.in_channels), project.sum(dim=1)])
-            face_value = torch.cat([face_value, last.to(face_value.dtype).expand(
-                face_value.size(0), 1, -1)], dim=1)                         # [G, D + 1, C + C']
+            lasts = (project.new_ones(1, self.in_channels), project.sum(dim=1).unsqueeze(0))
+            operands = [torch.cat([operand, last.to(operand.dtype).expand(operand.size(0), 1, -1)],
+                                  dim=1) for operand, last in zip(operands, lasts)]  # D + 1 rows
         # (.to: under autocast, the dtype the norm's affine gives the plain path's edges)
-        out = _face_products(weights, face_value, edge_face, face_run, grid_pos)
-        edge_attr, projected = out.squeeze(1).to(weights.dtype).split(
-            [self.in_channels, project.size(0)], dim=1)
+        edge_attr, projected = (
+            _face_products(weights, operand, edge_face, face_run, grid_pos).squeeze(1).to(
+                weights.dtype) for operand in operands)
         return edge_attr, projected
 
     def __repr__(self) -> str:
