@@ -59,7 +59,8 @@ def batch_norm_relu_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor],
         view = (1, -1) + (1,) * (x.dim() - 2)
         positive = torch.addcmul(shift.view(view), x, scale.view(view)) > 0
     affine = weight is not None
-    grad = torch.where(positive, grad, grad.new_zeros(()))  # (a bool factor would be cast)
+    # (as bytes: a bool factor would be cast to the gradient's dtype first, and where() is slow)
+    grad = grad * positive.view(torch.uint8)
     grads = torch.ops.aten.native_batch_norm_backward(grad, x, weight, None, None,
                                                       mean, invstd, True, eps,
                                                       [True, affine, affine])

@@ -126,9 +126,13 @@ class MEFL(Module):
                                             layout, project=self.gnn.layers[0].lin_e.weight)
         else:
             edge_attr = self.gem(tokens, node_tokens, edge_index, batch, edge_slot, layout)
-        # the mean over the product's token axis: its gradient comes back in the product's layout
-        node_x = node_tokens.transpose(1, 2).mean(dim=1).view(-1, node_tokens.size(-1)) if dense \
-            else node_tokens.mean(dim=1)
+        # the mean over the token axis as a sum, then a division of the [nodes, C] result: a sum's
+        # gradient is a broadcast that autograd adds to the GEM's (a mean's would be divided into
+        # a new [nodes, D, C] tensor first); dense: in the product's layout
+        num_tokens = node_tokens.size(-2)
+        node_x = node_tokens.transpose(1, 2).sum(dim=1).view(-1, node_tokens.size(-1)) if dense \
+            else node_tokens.sum(dim=1)
+        node_x = node_x / num_tokens
         del node_tokens  # [nodes, D, C]: let inference free it before the GNN's edge tensors
         node_x, edge_attr = self.gnn(node_x, edge_index, edge_attr, au_id, edge_slot,
                                      layout.in_degree, cyclic_slots=dense and layout.complete,
