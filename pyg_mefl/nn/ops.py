@@ -325,13 +325,13 @@ class _CompleteSoftmaxColumnMoments(torch.autograd.Function):
                                     out=_view(scores, per_source.shape))
             if with_second:
                 scale = grad_second.view(num_nodes, nodes, 1)[start:end]     # q' of j -> t
+                scaled = torch.mul(attn.view(count, nodes, -1), scale,
+                                   out=_view(work, (count, nodes, rows * cols))).view_as(attn)
                 if need_gram:  # d/dG_t = sum_j q'_{j->t} A^T A
-                    scaled = torch.mul(attn.view(count, nodes, -1), scale,
-                                       out=_view(work, (count, nodes, rows * cols)))
-                    gram_parts.append(torch.bmm(attn.transpose(1, 2), scaled.view_as(attn),
+                    gram_parts.append(torch.bmm(attn.transpose(1, 2), scaled,
                                                 out=_rows(grad_gram, start, end)))
-                weighted = torch.bmm(attn, symmetric[start:end], out=_view(work, shape))
-                weighted.view(count, nodes, -1).mul_(scale)                  # dA += q' A (G + G^T)
+                # dA += q' A (G + G^T), in the buffer the stacked dS takes below
+                weighted = torch.bmm(scaled, symmetric[start:end], out=_view(stacked, shape))
                 grad_scores.addcmul_(weighted.view_as(per_source), per_source)
             grad_scores = grad_scores.view_as(attn)        # softmax: dS = A dA - A rowsum(A dA)
             grad_scores.addcmul_(attn, grad_scores.sum(dim=-1, keepdim=True), value=-1)
