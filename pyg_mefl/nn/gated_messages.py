@@ -1,6 +1,6 @@
 """Gated messages over runs of edges that share a target (the gated GNN's uniform in-degree path),
 and over complete graphs, where the source values are a broadcast of the node values."""
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -14,13 +14,13 @@ class _GatedRunMessages(torch.autograd.Function):
                 run_length: int) -> Tensor:
         ctx.save_for_backward(logits, x, source)
         ctx.run_length = run_length
-        return _times_sources(_gates(logits, x, run_length), x, source, run_length)
+        return _times_sources(_gates(logits, x, run_length)[0], x, source, run_length)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
         logits, x, source = ctx.saved_tensors
         k = ctx.run_length
-        gate = _gates(logits, x, k)
+        gate, sigmoid = _gates(logits, x, k, keep_sigmoid=ctx.needs_input_grad[0])
         work = grad_out * gate                                               # g * eta
         grad_x = grad_logits = None
         if ctx.needs_input_grad[1]:  # d x[s]: g * eta summed over the edges leaving s
@@ -31,23 +31,26 @@ class _GatedRunMessages(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             # With d eta = g * x[s], through the softmax of each run d sigma = eta * d eta -
             # eta * sum_run(eta * d eta), then through the sigmoid d l = d sigma * sigma *
-            # (1 - sigma); in place in one [E, C] buffer besides the recomputed gates.
+            # (1 - sigma); in place in one [E, C] buffer besides the recomputed gates and sigma.
             runs = _times_sources(work, x, source, k).view(-1, k, work.size(-1))
             runs.addcmul_(gate.view_as(runs), runs.sum(dim=1, keepdim=True), value=-1)
-            sigmoid = torch.sigmoid(logits.to(gate.dtype), out=gate)
             grad_logits = torch.ops.aten.sigmoid_backward.grad_input(
                 work, sigmoid, grad_input=work).to(logits.dtype)
         return grad_logits, grad_x, None, None
 
 
-def _gates(logits: Tensor, x: Tensor, run_length: int) -> Tensor:
+def _gates(logits: Tensor, x: Tensor, run_length: int,
+           keep_sigmoid: bool = False) -> Tuple[Tensor, Optional[Tensor]]:
     r"""A new ``[E, C]`` tensor (of the dtype of a product of ``logits`` and ``x``) of
     :math:`\mathrm{softmax}(\sigma(\mathbf{l}))` over each run, computed in place:
-    :math:`\sigma \in (0, 1)`, so :math:`e^\sigma` needs no shift by the run's maximum."""
-    gate = torch.sigmoid(logits.contiguous()).to(torch.promote_types(logits.dtype, x.dtype))
-    runs = gate.view(-1, run_length, gate.size(-1)).exp_()
+    :math:`\sigma \in (0, 1)`, so :math:`e^\sigma` needs no shift by the run's maximum. With
+    ``keep_sigmoid``, :math:`\sigma(\mathbf{l})` stays in a second buffer and is returned too
+    (the backward pass needs it), else :obj:`None`."""
+    sigmoid = torch.sigmoid(logits.contiguous()).to(torch.promote_types(logits.dtype, x.dtype))
+    gate = sigmoid.exp() if keep_sigmoid else sigmoid.exp_()
+    runs = gate.view(-1, run_length, gate.size(-1))
     runs.div_(runs.sum(dim=1, keepdim=True))
-    return gate
+    return gate, sigmoid if keep_sigmoid else None
 
 
 def _times_sources(values: Tensor, x: Tensor, source: Optional[Tensor], run_length: int
