@@ -493,6 +493,22 @@ def _model(num_aus=6, channels=16):
     return model
 
 
+def _assert_same_training_step(fast_model, generic_model, fast, generic):
+    """Backward of the same loss of ``(probs, edge_attr)`` from both models: equal parameter
+    gradients, and equal running statistics (updated by the forward passes)."""
+    weights = torch.randn(fast[0].shape, dtype=DTYPE)
+    for probs, edge_attr in (fast, generic):
+        ((probs * weights).sum() + edge_attr.square().mean()).backward()
+    generic_params = dict(generic_model.named_parameters())
+    for name, param in fast_model.named_parameters():
+        torch.testing.assert_close(param.grad, generic_params[name].grad, rtol=1e-8, atol=1e-10,
+                                   msg=lambda m: f"{name}: {m}")
+    generic_state = generic_model.state_dict()
+    for name, buffer in fast_model.state_dict().items():
+        if "running" in name or "num_batches" in name:
+            torch.testing.assert_close(buffer, generic_state[name], rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_model_fast_paths_match_generic_paths(training):
     num_faces, num_aus, tokens, channels = 3, 6, 5, 16
@@ -517,17 +533,8 @@ def test_model_fast_paths_match_generic_paths(training):
     fast_edges = fast.edge_attr.reshape(-1, channels)[perm]
     torch.testing.assert_close(fast_edges, generic.edge_attr, rtol=1e-10, atol=1e-10)
 
-    weights = torch.randn(fast.probs.shape, dtype=DTYPE)
-    ((fast.probs * weights).sum() + fast_edges.square().mean()).backward()
-    ((generic.probs * weights).sum() + generic.edge_attr.square().mean()).backward()
-    generic_params = dict(generic_model.named_parameters())
-    for name, param in fast_model.named_parameters():
-        torch.testing.assert_close(param.grad, generic_params[name].grad, rtol=1e-8, atol=1e-10,
-                                   msg=lambda m: f"{name}: {m}")
-    generic_state = generic_model.state_dict()
-    for name, buffer in fast_model.state_dict().items():
-        if "running" in name or "num_batches" in name:
-            torch.testing.assert_close(buffer, generic_state[name], rtol=1e-10, atol=1e-12)
+    _assert_same_training_step(fast_model, generic_model, (fast.probs, fast_edges),
+                               (generic.probs, generic.edge_attr))
 
 
 @pytest.mark.parametrize("multigraph", [False, True], ids=["simple", "with-duplicates"])
@@ -561,17 +568,8 @@ def test_model_on_uneven_graphs_matches_generic_paths(training, multigraph):
     generic = generic_model(generic_batch, return_edges=True)
     torch.testing.assert_close(fast.probs, generic.probs, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(fast.edge_attr, generic.edge_attr, rtol=1e-10, atol=1e-10)
-    weights = torch.randn(fast.probs.shape, dtype=DTYPE)
-    ((fast.probs * weights).sum() + fast.edge_attr.square().mean()).backward()
-    ((generic.probs * weights).sum() + generic.edge_attr.square().mean()).backward()
-    generic_params = dict(generic_model.named_parameters())
-    for name, param in fast_model.named_parameters():
-        torch.testing.assert_close(param.grad, generic_params[name].grad, rtol=1e-8, atol=1e-10,
-                                   msg=lambda m: f"{name}: {m}")
-    generic_state = generic_model.state_dict()
-    for name, buffer in fast_model.state_dict().items():
-        if "running" in name or "num_batches" in name:
-            torch.testing.assert_close(buffer, generic_state[name], rtol=1e-10, atol=1e-12)
+    _assert_same_training_step(fast_model, generic_model, (fast.probs, fast.edge_attr),
+                               (generic.probs, generic.edge_attr))
 
 
 def test_custom_functions_under_bf16_autocast():
