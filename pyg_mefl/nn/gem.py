@@ -187,9 +187,17 @@ class GraphEdgeModel(MessagePassing):
         # A 1 = 1, sum(P_e - c_i) = 1^T A_e V~_i 1 and sum((P_e - c_i)^2) = tr(A_e G_i A_e^T)
         # for P_e = A_e V_i, so the slot statistics of P_e over tokens and channels need no
         # [E, D, C] tensor. On complete graphs (``complete`` nodes each) a graph's maps are one
-        # block product.
-        column_mass, second = softmax_column_moments(query, key, edge_index_j, edge_index_i, gram,
-                                                     run_length=in_degree, complete=complete)
+        # block product; so they are on the complete grid of faces that hold half of its edges
+        # or more (grid_pos), and the edges take their rows from it.
+        grid_nodes = None if grid_pos is None else math.isqrt(face_run)
+        if grid_nodes is not None and 2 * grid_pos.numel() >= query.size(0) * grid_nodes:
+            column_mass, second = (None if t is None else t.index_select(0, grid_pos) for t in
+                                   softmax_column_moments(query, key, edge_index_j, edge_index_i,
+                                                          gram, complete=grid_nodes))
+        else:
+            column_mass, second = softmax_column_moments(query, key, edge_index_j, edge_index_i,
+                                                         gram, run_length=in_degree,
+                                                         complete=complete)
         pooled = gather_matmul((column_mass / num_tokens).unsqueeze(1), value, None, edge_index_i,
                                run_length=in_degree)
         moments = None  # the slot norm's batch statistics; None: the running ones, or no norm

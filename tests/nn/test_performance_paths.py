@@ -537,12 +537,14 @@ def test_model_fast_paths_match_generic_paths(training):
                                (generic.probs, generic.edge_attr))
 
 
+@pytest.mark.parametrize("density", [0.3, 0.8])
 @pytest.mark.parametrize("multigraph", [False, True], ids=["simple", "with-duplicates"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_model_on_uneven_graphs_matches_generic_paths(training, multigraph):
+def test_model_on_uneven_graphs_matches_generic_paths(training, multigraph, density):
     """Uneven face graphs (no uniform in-degree): the face basis with its per-face products on
-    the complete grid (simple graphs) or gathered per edge (an edge given twice), against the
-    same model and graphs with no layout stated (per-node attention, every product gathered)."""
+    the complete grid (simple graphs; with half of the grid's edges or more, the attention maps
+    too) or gathered per edge (an edge given twice), against the same model and graphs with no
+    layout stated (per-node attention, every product gathered)."""
     num_faces, num_aus, tokens, channels = 3, 6, 5, 16
     x = torch.randn(num_faces, tokens, channels, dtype=DTYPE,
                     generator=torch.Generator().manual_seed(12))
@@ -552,7 +554,7 @@ def test_model_on_uneven_graphs_matches_generic_paths(training, multigraph):
     graphs = []
     for b in range(num_faces):
         edges = complete_au_graph(num_aus)
-        edges = edges[:, torch.rand(edges.size(1), generator=generator) < 0.5]
+        edges = edges[:, torch.rand(edges.size(1), generator=generator) < density]
         if multigraph:
             edges = torch.cat([edges, edges[:, :2]], dim=1)
         edges = edges[:, torch.randperm(edges.size(1), generator=generator)]
