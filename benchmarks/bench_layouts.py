@@ -1,8 +1,9 @@
 """What the facts a face graph records (``GraphLayout``) buy on PyG ``Batch`` input.
 
-Run ``python benchmarks/bench_layouts.py --out benchmarks/results_layouts.json``. For each kind
-of face graph, B faces of N = 27 AUs (+ 14 sub AUs), D = 49, C = 512, the same model runs the
-same ``Batch`` with the layout ``face_graph`` recorded, and with a copy whose layouts lack the
+Run ``python benchmarks/bench_layouts.py --out results.json`` (``benchmarks/results_layouts.json``
+keeps the runs so far, newest first). For each kind of face graph, B faces of N = 27 AUs (+ 14
+sub AUs), D = 49, C = 512, the same model runs the same ``Batch`` with the layout
+``face_graph`` recorded, and with a copy whose layouts lack the
 facts named by ``--without`` (default ``simple`` and ``ids_in_order``, the facts added last; the
 copy then takes the paths it took before them), steps alternating in one process after a
 warm-up step of each, so that both see the same machine load; medians are reported. Both runs
@@ -121,8 +122,8 @@ def main(argv=None):
             tensor = f"{row['tensor_ms']:.0f} ms" if "tensor_ms" in row else ""
             print(f"| {kind} | {mode} | {row['edges']} | {row['with_ms']:.0f} ms | "
                   f"{row['without_ms']:.0f} ms | {row['speedup']:.2f}x | {tensor} |", flush=True)
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=1))
+    if args.out:  # a list of runs, as the other result files (label each with its code)
+        args.out.write_text(json.dumps({"runs": [result]}, indent=1))
 
 
 if __name__ == "__main__":
