@@ -1,6 +1,6 @@
 """The graph edge model (GEM, SPEC §4): multi-dimensional edge features from AU and face tokens."""
 import math
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -210,7 +210,7 @@ class GraphEdgeModel(MessagePassing):
             return self._factored_projection(pooled, face_value, project, edge_face, face_run,
                                              grid_pos, edge_slot, moments)
         if face_value is not None:  # (m_e^T M_i / D) P_g
-            pooled = _face_products(pooled, face_value, edge_face, face_run, grid_pos)
+            pooled, = _face_products(pooled, [face_value], edge_face, face_run, grid_pos)
         pooled = pooled.squeeze(1)                                          # mean_d P_e, [E, C]
         edge_attr = pooled if self.norm is None else self.norm(pooled, edge_slot, moments)
         return edge_attr if project is None else (edge_attr, edge_attr @ project.t())
@@ -241,9 +241,8 @@ class GraphEdgeModel(MessagePassing):
             operands = [torch.cat([operand, last.to(operand.dtype).expand(operand.size(0), 1, -1)],
                                   dim=1) for operand, last in zip(operands, lasts)]  # D + 1 rows
         # (.to: under autocast, the dtype the norm's affine gives the plain path's edges)
-        edge_attr, projected = (
-            _face_products(weights, operand, edge_face, face_run, grid_pos).squeeze(1).to(
-                weights.dtype) for operand in operands)
+        edge_attr, projected = (out.squeeze(1).to(weights.dtype) for out in _face_products(
+            weights, operands, edge_face, face_run, grid_pos))
         return edge_attr, projected
 
     def __repr__(self) -> str:
@@ -251,20 +250,22 @@ class GraphEdgeModel(MessagePassing):
         return f"{self.__class__.__name__}({self.in_channels}, num_edge_slots={slots})"
 
 
-def _face_products(weights: Tensor, face_value: Tensor, edge_face: Tensor,
-                   face_run: Optional[int], grid_pos: Optional[Tensor]) -> Tensor:
-    r""":math:`\mathbf{w}_e^{\top} \mathbf{P}_{g(e)}` for every edge (``weights`` ``[E, 1, K]``,
-    ``face_value`` :math:`\mathbf{P}` ``[G, K, R]``, ``edge_face`` :math:`g`), ``[E, 1, R]``:
-    one product per face when the edges come in runs of ``face_run`` per face, or, with
-    ``grid_pos``, when each edge has its own row of such runs (the rows of the faces' complete
-    graphs, see :class:`~pyg_mefl.data.GraphLayout`'s ``simple``): the weights are spread onto
-    the grid and the products gathered back from it. Otherwise each edge gathers its face's
-    :math:`K \times R` operand."""
+def _face_products(weights: Tensor, face_values: List[Tensor], edge_face: Tensor,
+                   face_run: Optional[int], grid_pos: Optional[Tensor]) -> List[Tensor]:
+    r""":math:`\mathbf{w}_e^{\top} \mathbf{P}_{g(e)}` for every edge and each face-level operand
+    :math:`\mathbf{P}` ``[G, K, R]`` of ``face_values`` (``weights`` ``[E, 1, K]``,
+    ``edge_face`` :math:`g`), ``[E, 1, R]`` each: one product per face when the edges come in
+    runs of ``face_run`` per face, or, with ``grid_pos``, when each edge has its own row of such
+    runs (the rows of the faces' complete graphs, see :class:`~pyg_mefl.data.GraphLayout`'s
+    ``simple``): the weights are spread onto the grid once and the products gathered back from
+    it. Otherwise each edge gathers its face's :math:`K \times R` operand."""
     if grid_pos is None:
-        return gather_matmul(weights, face_value, None, edge_face, run_length=face_run)
-    grid = weights.new_zeros((face_value.size(0) * face_run,) + weights.shape[1:])
+        return [gather_matmul(weights, value, None, edge_face, run_length=face_run)
+                for value in face_values]
+    grid = weights.new_zeros((face_values[0].size(0) * face_run,) + weights.shape[1:])
     grid = grid.index_copy(0, grid_pos, weights)
-    return gather_matmul(grid, face_value, run_length=face_run).index_select(0, grid_pos)
+    return [gather_matmul(grid, value, run_length=face_run).index_select(0, grid_pos)
+            for value in face_values]
 
 
 def _node_face_products(node_tokens: Tensor, face_rows: Tensor, batch: Tensor,
