@@ -29,9 +29,9 @@ Method:
     of what is left of ``--budget-s`` (half of it for the timed steps), between 3 and
     ``--repeats``.
 
-    FLOPs: ``torch.utils.flop_counter.FlopCounterMode`` over one float32 step of each
-    implementation (forward, and backward in training; matrix products, nearly all of both
-    implementations' arithmetic), and the achieved rate FLOPs / median step time (bf16 rows
+    FLOPs: ``workloads.count_flops`` (matrix products, in-place ones included: nearly all of
+    both implementations' arithmetic) over one float32 step of each implementation (forward,
+    and backward in training), and the achieved rate FLOPs / median step time (bf16 rows
     reuse the float32 count).
 
     Dense configurations whose estimated peak (``memory.MEM_COEF`` lifted ``[B, N^2, D, C]``

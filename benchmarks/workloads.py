@@ -5,6 +5,8 @@ AUs. ``build`` gives a model of either implementation ("dense": ``tests/dense_re
 "pyg": ``pyg_mefl.MEFL``), with per-face k-nearest-neighbour graphs for ``knn``;
 ``gnn_layer_step`` one GatedGNNLayer on a complete, random or CSR-sorted AU graph.
 """
+import math
+
 TOKENS, CHANNELS = 49, 512
 
 
@@ -74,12 +76,42 @@ def make_step(model, x, mode: str):
     return step
 
 
-def count_flops(step) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter:
+PRODUCTS = ("aten.mm", "aten.addmm", "aten.addmm_", "aten.bmm", "aten.baddbmm", "aten.baddbmm_")
+"""The matrix products a step is counted by (torch's ``FlopCounterMode`` misses the in-place
+``addmm_``/``baddbmm_``, which pyg_mefl's inference and backward passes use)."""
+
+
+def matrix_products(step) -> "collections.Counter":
+    """``(shape_a, shape_b, stride_a, stride_b) -> count`` of the matrix products one call of
+    ``step`` dispatches (``a @ b``, in any of their out-of-place, ``out=`` or in-place forms)."""
+    import collections
+
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls = collections.Counter()
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if str(func._overloadpacket) in PRODUCTS:
+                a, b = [arg for arg in args if isinstance(arg, torch.Tensor)][-2:]
+                calls[(tuple(a.shape), tuple(b.shape), a.stride(), b.stride())] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Recorder():
         step()
-    return float(counter.get_total_flops())
+    return calls
+
+
+def product_flops(shape_a, shape_b) -> int:
+    """2 m k n (per batch entry) of ``a @ b``."""
+    return 2 * math.prod(shape_a) * shape_b[-1]
+
+
+def count_flops(step) -> float:
+    """FLOPs of the matrix products of one call of ``step``."""
+    return float(sum(count * product_flops(shape_a, shape_b)
+                     for (shape_a, shape_b, _, _), count in matrix_products(step).items()))
 
 
 def gnn_layer_step(graph: str, faces: int, num: int, mode: str):
