@@ -54,7 +54,11 @@ def check_tokens(tokens, channels: Optional[int], name: str = "tokens", rank: in
         raise ValueError(f"{name}: expected shape {want}, got {list(tokens.shape)}")
     if not tokens.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got {tokens.dtype}")
-    if finite and reads_values(tokens) and not bool(torch.isfinite(tokens).all()):
+    # a NaN or an infinity makes the sum non-finite, so a finite sum clears every value (one
+    # reduction, ~10x faster than isfinite().all()); a non-finite sum may be an overflow of
+    # finite values and is checked value by value
+    if finite and reads_values(tokens) and not bool(torch.isfinite(tokens.sum())) \
+            and not bool(torch.isfinite(tokens).all()):
         count = int((~torch.isfinite(tokens)).sum())
         raise ValueError(f"{name}: {count} non-finite value(s) (NaN or inf); clean the input, or "
                          f"pass check_finite=False to skip this check")
