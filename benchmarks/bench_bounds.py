@@ -36,6 +36,7 @@ from machine import machine_info  # noqa: E402
 from workloads import (CHANNELS, TOKENS, make_step, matrix_products, product_flops,  # noqa: E402
                        sub_aus)
 
+
 def products_floor(calls, repeats: int) -> dict:
     """Each recorded product timed on its own, ``repeats`` times in a row after a warm-up (hot in
     cache: a lower bound), random operands of the recorded layout; a 2048 x 2048 sgemm is timed
