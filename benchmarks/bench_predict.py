@@ -184,7 +184,7 @@ def _inference(module, x):
 def folder_worker(args) -> dict:
     import numpy as np
     from PIL import Image
-    from pyg_mefl.cli.inputs import collect_sources, read_image
+    from pyg_mefl.io.media import collect_sources, read_image
     from pyg_mefl.cli.predict import CSVWriter, predict_sources
     import torch
     model = load_pyg(args.checkpoint, True)

@@ -1,6 +1,7 @@
-"""``predict --draw``: each face with its active AUs (probability >= threshold) listed beside it."""
+"""``predict --draw``: each face with its box, landmarks, id and active AUs (probability >=
+threshold) listed beside the picture."""
 import re
-from typing import Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -29,34 +30,90 @@ def describe(au_name: str) -> str:
     return f"{au_name} {side}{FACS_NAMES[int(match.group(2))]}"
 
 
+# one colour per face id, distinct on photos (cycled past ten faces)
+FACE_COLOURS = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+                (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+WHITE, GREY = (255, 255, 255), (160, 160, 160)
+
+
+def _enlarged(image: Image.Image) -> Tuple[Image.Image, float]:
+    if image.height >= MIN_HEIGHT:
+        return image, 1.0
+    scale = MIN_HEIGHT / image.height
+    return image.resize((round(image.width * scale), MIN_HEIGHT), Image.BILINEAR), scale
+
+
+def _active_lines(au_names: Sequence[str], probs: Sequence[float], threshold: float,
+                  indent: str = "") -> List[Tuple[str, tuple, Optional[float]]]:
+    active = sorted(((p, name) for name, p in zip(au_names, probs) if p >= threshold),
+                    reverse=True)
+    return [(f"{indent}{describe(name)}  {p:.2f}", WHITE, p) for p, name in active] or [
+        (f"{indent}no active AU", GREY, None)]
+
+
+def _with_panel(image: Image.Image, lines, threshold: float, font) -> Image.Image:
+    """``image`` with a panel on its right: a header, then each ``(text, colour, bar)`` line
+    (``bar`` a probability drawn as a bar under the text, or None)."""
+    font_size = font.size
+    line = round(font_size * 1.7)
+    measure = ImageDraw.Draw(image)
+    panel = round(max(measure.textlength(text, font=font) for text, _, _ in lines)
+                  + 2 * font_size)
+    canvas = Image.new("RGB", (image.width + panel, max(image.height, line * (len(lines) + 1))),
+                       (24, 24, 24))
+    canvas.paste(image, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    left = image.width + font_size
+    draw.text((left, line // 4), f"active AUs (p >= {threshold:g})", font=font,
+              fill=(200, 200, 200))
+    for row, (text, colour, bar) in enumerate(lines, start=1):
+        top = row * line
+        if bar is not None:
+            width = (panel - 2 * font_size) * min(max(bar, 0.0), 1.0)
+            bar_top = top + font_size + 4
+            draw.rectangle((left, bar_top, left + width, bar_top + 2), fill=(80, 170, 90))
+        draw.text((left, top), text, font=font, fill=colour)
+    return canvas
+
+
 def draw_active_aus(image: Image.Image, au_names: Sequence[str], probs: Sequence[float],
                     threshold: float = 0.5) -> Image.Image:
     """A copy of ``image`` (RGB, enlarged to at least ``MIN_HEIGHT`` px high) with a panel on its
     right listing the AUs whose probability is at least ``threshold``, most probable first, each
     with its probability and a bar."""
-    if image.height < MIN_HEIGHT:
-        scale = MIN_HEIGHT / image.height
-        image = image.resize((round(image.width * scale), MIN_HEIGHT), Image.BILINEAR)
-    active = sorted(((p, name) for name, p in zip(au_names, probs) if p >= threshold),
-                    reverse=True)
-    font_size = max(12, image.height // 32)
-    font = ImageFont.load_default(size=font_size)
-    line = round(font_size * 1.7)
-    texts = [f"{describe(name)}  {p:.2f}" for p, name in active] or ["no active AU"]
-    measure = ImageDraw.Draw(image)
-    panel = round(max(measure.textlength(text, font=font) for text in texts) + 2 * font_size)
-    canvas = Image.new("RGB", (image.width + panel, max(image.height, line * (len(texts) + 1))),
-                       (24, 24, 24))
-    canvas.paste(image, (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    left = image.width + font_size
-    header = f"active AUs (p >= {threshold:g})"
-    draw.text((left, line // 4), header, font=font, fill=(200, 200, 200))
-    for row, text in enumerate(texts, start=1):
-        top = row * line
-        if active:
-            width = (panel - 2 * font_size) * min(max(active[row - 1][0], 0.0), 1.0)
-            bar_top = top + font_size + 4
-            draw.rectangle((left, bar_top, left + width, bar_top + 2), fill=(80, 170, 90))
-        draw.text((left, top), text, font=font, fill=(255, 255, 255))
-    return canvas
+    image, _ = _enlarged(image)
+    font = ImageFont.load_default(size=max(12, image.height // 32))
+    return _with_panel(image, _active_lines(au_names, probs, threshold), threshold, font)
+
+
+def draw_faces(image: Image.Image, rows: Sequence, au_names: Sequence[str],
+               threshold: float = 0.5) -> Image.Image:
+    """A copy of ``image`` with each face of ``rows`` (the :class:`~pyg_mefl.faces.FaceRow` of
+    one frame) drawn: its box and landmarks in the face's colour and its id; in a panel on the
+    right each face's active AUs (probability >= ``threshold``) with bars. A whole-image face (no
+    landmarks) is drawn as :func:`draw_active_aus` draws it."""
+    faces = [row for row in rows if row.success]
+    if len(faces) == 1 and faces[0].landmarks is None:
+        return draw_active_aus(image, au_names, faces[0].probs, threshold)
+    image, scale = _enlarged(image)
+    font = ImageFont.load_default(size=max(12, min(image.height // 32, 28)))
+    lines = []
+    for row in faces:
+        colour = FACE_COLOURS[row.face_id % len(FACE_COLOURS)]
+        lines.append((f"face {row.face_id}  (detector {row.confidence:.2f})", colour, None))
+        lines += _active_lines(au_names, row.probs, threshold, indent="  ")
+    draw = ImageDraw.Draw(image)
+    width = max(2, round(image.height / 240))
+    for row in faces:
+        colour = FACE_COLOURS[row.face_id % len(FACE_COLOURS)]
+        x1, y1, x2, y2 = (v * scale for v in row.box)
+        draw.rectangle((x1, y1, x2, y2), outline=colour, width=width)
+        for x, y in zip(row.landmarks[0::2], row.landmarks[1::2]):
+            x, y = x * scale, y * scale
+            draw.ellipse((x - width, y - width, x + width, y + width), fill=colour)
+        label = str(row.face_id)
+        left, top, right, bottom = draw.textbbox((x1, y1), label, font=font)
+        top = y1 - (bottom - top) - 2 * width
+        draw.rectangle((x1, top, x1 + (right - left) + 2 * width, y1), fill=colour)
+        draw.text((x1 + width, top), label, font=font, fill=(0, 0, 0))
+    return _with_panel(image, lines or [("no face found", GREY, None)], threshold, font)

@@ -1,28 +1,34 @@
-"""``python -m pyg_mefl predict``: face images, folders and videos to AU probabilities (CSV).
+"""``python -m pyg_mefl predict``: photos, folders and videos of people to AU probabilities
+(CSV), one row per input, frame and face.
 
-The reader runs in a background thread (decoding and the model's preprocessing, which release the
-GIL for most of their work) and keeps a few batches ahead of inference. Each bad input is reported
-on one line as it is met and again in the summary; the good ones are still predicted and written.
-Exit status: 0 all inputs predicted, 1 some inputs failed, 2 nothing could run (bad arguments,
-checkpoint or output path).
+Faces are found with the detector of :mod:`pyg_mefl.faces` (``--faces whole`` takes each image
+as a face crop). The reader runs in a background thread (decoding releases the GIL for most of
+its work) and keeps a few frames ahead of inference. Each bad input is reported on one line as it
+is met and again in the summary; the good ones are still predicted and written. Exit status: 0
+all inputs predicted (a frame without a face is a row with ``success`` 0, not an error), 1 some
+inputs failed, 2 nothing could run (bad arguments, checkpoint or output path).
 """
 import argparse
 import csv
+import json
 import queue
 import sys
 import threading
 from contextlib import ExitStack
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, TextIO
 
 import torch
 from tqdm import tqdm
 
+from ..faces import DEFAULT_MARGIN, LANDMARK_NAMES, MEXCA_DETECTOR, FaceAUPipeline, FaceDetector
+from ..faces.pipeline import FaceRow, read_source
+from ..io.media import Frame, InputError, Source, collect_sources, estimate_video_frames, video_info
 from ..pretrained.layouts import SOURCES
-from .draw import draw_active_aus
-from .inputs import (Frame, InputError, Source, collect_sources, estimate_video_frames, read_image,
-                     read_video)
+from .draw import draw_faces
+
+DEFAULT_MODEL = "mexca/mefarg-open-graph-au-resnet50-stage-2"  # mexca's default hub model
 
 
 class UsageError(Exception):
@@ -31,8 +37,9 @@ class UsageError(Exception):
 
 @dataclass
 class Summary:
-    """What a run did: frames predicted, inputs that failed, warnings on inputs."""
-    predicted: int = 0
+    """What a run did: frames and faces predicted, inputs that failed, warnings on inputs."""
+    frames: int = 0
+    faces: int = 0
     problems: List[InputError] = field(default_factory=list)
     warnings: List[str] = field(default_factory=list)
 
@@ -43,10 +50,12 @@ def to_stderr(line: str) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT",
-                        help="face images, folders of them (searched recursively) or videos")
-    parser.add_argument("--checkpoint", required=True, metavar="PATH",
-                        help="a published whole-model file (OpenGraphAU, ME-GraphAU) or a mexca "
-                             "model directory")
+                        help="photos and videos of people, or folders of them (searched "
+                             "recursively)")
+    parser.add_argument("--checkpoint", default=DEFAULT_MODEL, metavar="PATH",
+                        help="a published whole-model file (OpenGraphAU, ME-GraphAU), a mexca "
+                             "model directory or a Hugging Face hub id (default: %(default)s, "
+                             "from the local Hugging Face cache or downloaded)")
     parser.add_argument("--source", choices=SOURCES, default=None,
                         help="force the checkpoint's origin (default: detected from its keys)")
     parser.add_argument("--stage", type=int, choices=(1, 2), default=None,
@@ -54,18 +63,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backbone", default=None, metavar="NAME",
                         help="force the backbone, e.g. resnet50, swin_tiny (default: detected)")
     parser.add_argument("--out", default="preds.csv", metavar="CSV",
-                        help="where to write the probabilities ('-': standard output; "
-                             "default: %(default)s)")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
-                        help="images per inference batch (default: %(default)s)")
+                        help="where to write the rows ('-': standard output; default: "
+                             "%(default)s); the run's settings go to <CSV>.json beside it")
+    parser.add_argument("--faces", choices=("detect", "whole"), default="detect",
+                        help="detect: find the faces in each photo and frame (default); whole: "
+                             "each input is a face crop already")
+    parser.add_argument("--crop", choices=("auto", "square", "aligned"), default="auto",
+                        help="how faces are cut for the model: auto (mexca models as mexca "
+                             "cuts them, others square), square, or aligned on the 5 landmarks "
+                             "(default: %(default)s)")
+    parser.add_argument("--margin", type=_non_negative_float, default=DEFAULT_MARGIN,
+                        metavar="F", help="margin of square and aligned crops, as a fraction of "
+                                          "the box's longer side (default: 256/224 - 1)")
+    parser.add_argument("--min-face-size", type=_positive_int,
+                        default=MEXCA_DETECTOR["min_face_size"], metavar="PX",
+                        help="smallest face the detector looks for (default: %(default)s)")
+    parser.add_argument("--min-box-size", type=_non_negative_float,
+                        default=MEXCA_DETECTOR["min_box_size"], metavar="PX",
+                        help="faces whose box is narrower and lower than this are dropped "
+                             "(default: %(default)s, as mexca)")
+    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+                        help="faces per inference batch (default: %(default)s)")
     parser.add_argument("--device", default="auto", metavar="D",
                         help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--draw", default=None, metavar="DIR",
-                        help="also write each image with its active AUs (p >= 0.5) to DIR")
+                        help="also write each photo and frame with its faces' boxes, ids and "
+                             "active AUs (p >= 0.5) to DIR")
     parser.add_argument("--fps", type=_positive_float, default=None, metavar="F",
                         help="frames per second sampled from videos (default: every frame)")
-    parser.add_argument("--min-size", type=_positive_int, default=32, metavar="PX",
-                        help="smallest accepted image side in pixels (default: %(default)s)")
+    parser.add_argument("--min-size", type=_positive_int, default=None, metavar="PX",
+                        help="smallest accepted image side in pixels (default: 32 with --faces "
+                             "whole, else 1)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -79,14 +107,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _positive_float(text: str) -> float:
+def _number(text: str, zero_allowed: bool) -> float:
+    expected = "a number >= 0" if zero_allowed else "a positive number"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+    if not (value >= 0 if zero_allowed else value > 0) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
+
+
+def _non_negative_float(text: str) -> float:
+    return _number(text, zero_allowed=True)
+
+
+def _positive_float(text: str) -> float:
+    return _number(text, zero_allowed=False)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -130,34 +167,26 @@ def prepare_for_inference(model, device: torch.device):
     return model
 
 
-def _reader(sources: Sequence[Source], transform: Callable, fps: Optional[float], min_size: int,
-            keep_images: bool, out: "queue.Queue") -> None:
-    """Put ``(frame, tensor)`` or ``InputError`` on ``out`` in input order, then ``None``; the
-    frames keep their decoded image only if ``keep_images``."""
+def _reader(sources: Sequence[Source], fps: Optional[float], min_size: int,
+            out: "queue.Queue") -> None:
+    """Put the decoded frames and the ``InputError`` of each bad input on ``out`` in input
+    order, then ``None``."""
     try:
         for source in sources:
-            late: List[InputError] = []
-            try:
-                frames = ([read_image(source, min_size)] if source.kind == "image"
-                          else read_video(source, fps, min_size, late))
-                for frame in frames:
-                    tensor = transform(frame.image)
-                    out.put((frame if keep_images else replace(frame, image=None), tensor))
-            except InputError as error:
-                out.put(error)
-            for error in late:
-                out.put(error)
+            for item in read_source(source, fps, min_size):
+                out.put(item)
         out.put(None)
     except BaseException as error:  # an unexpected failure: re-raised in the main thread
         out.put(error)
 
 
-def read_ahead(sources: Sequence[Source], transform: Callable, fps: Optional[float],
-               min_size: int, keep_images: bool, depth: int) -> Iterator:
-    """The reader's items, produced by a background thread at most ``depth`` items ahead."""
+def read_ahead(sources: Sequence[Source], fps: Optional[float], min_size: int,
+               depth: int) -> Iterator:
+    """The frames and problems of ``sources``, decoded by a background thread at most ``depth``
+    items ahead."""
     items: "queue.Queue" = queue.Queue(maxsize=depth)
     thread = threading.Thread(target=_reader, daemon=True,
-                              args=(sources, transform, fps, min_size, keep_images, items))
+                              args=(sources, fps, min_size, items))
     thread.start()
     while True:
         item = items.get()
@@ -168,22 +197,31 @@ def read_ahead(sources: Sequence[Source], transform: Callable, fps: Optional[flo
         yield item
 
 
+LEADING_COLUMNS = ["input", "frame", "timestamp", "face_id", "confidence", "success",
+                   "x1", "y1", "x2", "y2"]
+LANDMARK_COLUMNS = [f"{name}_{axis}" for name in LANDMARK_NAMES for axis in "xy"]
+
+
 class CSVWriter:
-    """Rows ``image[, frame, time], <AU probabilities>``; frame and time only when the run has a
-    video (empty for its images)."""
+    """One row per input, frame and face: :data:`LEADING_COLUMNS`, the 5 landmarks, then one
+    column per AU; empty cells where a frame has no face (or a whole image no landmarks)."""
 
-    def __init__(self, stream: TextIO, au_names: Sequence[str], with_frames: bool):
-        self.stream, self.with_frames = stream, with_frames
+    def __init__(self, stream: TextIO, au_names: Sequence[str]):
+        self.stream = stream
         self.writer = csv.writer(stream, lineterminator="\n")
-        self.writer.writerow(["image"] + (["frame", "time"] if with_frames else [])
-                             + list(au_names))
+        self.writer.writerow(LEADING_COLUMNS + LANDMARK_COLUMNS + list(au_names))
+        self.num_aus = len(au_names)
 
-    def write(self, frame: Frame, probs: Sequence[float]) -> None:
-        row = [frame.source.path]
-        if self.with_frames:
-            row += ["" if frame.index is None else frame.index,
-                    "" if frame.time is None else f"{frame.time:.3f}"]
-        self.writer.writerow(row + [f"{p:.6f}" for p in probs])
+    def write(self, row: FaceRow) -> None:
+        def cells(values, digits):
+            return [f"{v:.{digits}f}" for v in values] if values is not None else None
+
+        self.writer.writerow(
+            [row.input, row.frame, f"{row.timestamp:.6f}",
+             "" if row.face_id is None else row.face_id,
+             "" if row.confidence is None else f"{row.confidence:.6f}", int(row.success)]
+            + (cells(row.box, 2) or [""] * 4) + (cells(row.landmarks, 2) or [""] * 10)
+            + (cells(row.probs, 6) or [""] * self.num_aus))
 
     def flush(self) -> None:
         self.stream.flush()
@@ -196,61 +234,115 @@ def _drawn_path(draw_dir: Path, frame: Frame) -> Path:
     return draw_dir / label.with_suffix("") / f"frame_{frame.index:06d}.jpg"
 
 
-def predict_sources(model, sources: Sequence[Source], writer: CSVWriter, batch_size: int,
-                    device: torch.device, draw_dir: Optional[Path] = None,
-                    fps: Optional[float] = None, min_size: int = 32,
+def predict_sources(pipeline: FaceAUPipeline, sources: Sequence[Source], writer: CSVWriter,
+                    draw_dir: Optional[Path] = None, min_size: int = 1,
                     report: Optional[Callable[[str], None]] = None,
                     progress: bool = True) -> Summary:
-    """Predict every frame of ``sources`` with ``model`` (``transform``, ``predict``,
-    ``au_names``) in batches of ``batch_size`` and write the rows; returns the :class:`Summary`.
-    ``report`` (default: standard error) receives one line per problem or warning as it is
-    met."""
+    """Run ``pipeline`` on every frame of ``sources`` and write its rows as they come; returns
+    the :class:`Summary`. ``report`` (default: standard error) receives one line per problem or
+    warning as it is met."""
     report = report or to_stderr
     summary = Summary()
-    total = sum(1 if s.kind == "image" else estimate_video_frames(s, fps) for s in sources)
-    batch: List = []
-    bar = tqdm(total=total, unit="img", disable=not progress, dynamic_ncols=True,
+    total = sum(1 if s.kind == "image" else estimate_video_frames(s, pipeline.fps)
+                for s in sources)
+    bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
-
-    def run_batch():
-        images = torch.stack([tensor for _, tensor in batch]).to(device).contiguous(
-            memory_format=torch.channels_last)
-        with torch.inference_mode():
-            probs = model.predict(images).float().cpu().tolist()
-        for (frame, _), row in zip(batch, probs):
-            writer.write(frame, row)
-            if draw_dir is not None:
-                path = _drawn_path(draw_dir, frame)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                draw_active_aus(frame.image, model.au_names, row).save(path, quality=90)
-        writer.flush()
-        summary.predicted += len(batch)
-        bar.update(len(batch))
-        batch.clear()
+    frames = {}  # the decoded frames whose rows are still to come, by (input, frame)
+    au_names = pipeline.model.au_names
 
     def say(line: str) -> None:
         with tqdm.external_write_mode(file=sys.stderr):
             report(line)
 
+    def decoded():
+        for item in read_ahead(sources, pipeline.fps, min_size, depth=16):
+            if isinstance(item, Frame):
+                if item.warning:
+                    summary.warnings.append(f"{item.source.path}: {item.warning}")
+                    say(f"warning: {summary.warnings[-1]}")
+                frames[(item.source.path, item.index or 0)] = item
+            yield item
+
+    def finish(key, rows: List[FaceRow]) -> None:
+        frame = frames.pop(key)
+        if draw_dir is not None:
+            path = _drawn_path(draw_dir, frame)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draw_faces(frame.image, rows, au_names).save(path, quality=90)
+        summary.frames += 1
+        summary.faces += sum(row.success for row in rows)
+        writer.flush()
+        bar.update(1)
+
     with bar:
-        for item in read_ahead(sources, model.transform, fps, min_size,
-                               keep_images=draw_dir is not None, depth=2 * batch_size):
+        current, rows = None, []
+        for item in pipeline.rows_of_frames(decoded()):
             if isinstance(item, InputError):
                 summary.problems.append(item)
                 say(f"error: {item}")
                 continue
-            frame = item[0]
-            if frame.warning:
-                summary.warnings.append(f"{frame.source.path}: {frame.warning}")
-                say(f"warning: {summary.warnings[-1]}")
-            batch.append(item)
-            if len(batch) == batch_size:
-                run_batch()
-        if batch:
-            run_batch()
-        bar.total = summary.predicted
+            key = (item.input, item.frame)
+            if current is not None and key != current:
+                finish(current, rows)
+                rows = []
+            current = key
+            writer.write(item)
+            rows.append(item)
+        if current is not None:
+            finish(current, rows)
+        bar.total = summary.frames
         bar.refresh()
     return summary
+
+
+def build_pipeline(args: argparse.Namespace, model) -> FaceAUPipeline:
+    detector = None
+    if args.faces == "detect":
+        try:
+            detector = FaceDetector(min_face_size=args.min_face_size,
+                                    min_box_size=args.min_box_size, device=model_device(model))
+        except (ValueError, ModuleNotFoundError) as error:
+            raise UsageError(str(error)) from None
+    try:
+        return FaceAUPipeline(model, detector, crop=args.crop, margin=args.margin,
+                              batch_size=args.batch_size, fps=args.fps)
+    except ValueError as error:
+        raise UsageError(f"--crop {args.crop}: {error}") from None
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def run_record(args: argparse.Namespace, pipeline: FaceAUPipeline,
+               sources: Sequence[Source]) -> dict:
+    """What the sidecar ``<out>.json`` records: the model, the face settings, each video's
+    frame rate and the package versions."""
+    model = pipeline.model
+    return {
+        "checkpoint": args.checkpoint, "source": model.source, "stage": model.stage,
+        "backbone": getattr(model, "backbone_name", None), "au_names": list(model.au_names),
+        "faces": args.faces, "crop": pipeline.crop if pipeline.detector else None,
+        "margin": pipeline.margin if pipeline.crop in ("square", "aligned") else None,
+        "detector": pipeline.detector.settings() if pipeline.detector else None,
+        "tracker": {"min_iou": pipeline.tracker.min_iou, "max_gap": pipeline.tracker.max_gap},
+        "fps_sampled": args.fps, "threshold": 0.5,
+        "videos": {s.path: video_info(s.path) for s in sources if s.kind == "video"},
+        "versions": package_versions(),
+    }
+
+
+def package_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in ("pyg_mefl", "torch", "torchvision", "torch_geometric", "timm",
+                 "facenet-pytorch", "av", "huggingface_hub", "safetensors", "Pillow"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    out["python"] = sys.version.split()[0]
+    return out
 
 
 def run(args: argparse.Namespace) -> int:
@@ -261,6 +353,8 @@ def run(args: argparse.Namespace) -> int:
         for problem in problems:
             to_stderr(f"error: {problem}")
         model = load_model(args, device)
+        pipeline = build_pipeline(args, model)
+        min_size = args.min_size or (32 if args.faces == "whole" else 1)
         draw_dir = Path(args.draw) if args.draw else None
         with ExitStack() as stack:
             if args.out == "-":
@@ -277,10 +371,13 @@ def run(args: argparse.Namespace) -> int:
                 except OSError as error:
                     raise UsageError(f"--draw {args.draw}: cannot create the folder: "
                                      f"{error.strerror or error}") from None
-            writer = CSVWriter(stream, model.au_names, any(s.kind == "video" for s in sources))
-            summary = predict_sources(model, sources, writer, args.batch_size, device, draw_dir,
-                                      args.fps, args.min_size, to_stderr,
+            writer = CSVWriter(stream, model.au_names)
+            summary = predict_sources(pipeline, sources, writer, draw_dir, min_size, to_stderr,
                                       progress=not args.quiet and sys.stderr.isatty())
+        if args.out != "-":
+            record = run_record(args, pipeline, sources)
+            with open(args.out + ".json", "w") as stream:
+                json.dump(record, stream, indent=2)
     except UsageError as error:
         to_stderr(f"pyg_mefl predict: error: {error}")
         return 2
@@ -293,7 +390,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     failed = problems + summary.problems
     destination = "standard output" if args.out == "-" else args.out
-    to_stderr(f"predicted {summary.predicted} image(s) from {len(sources)} file(s) into "
+    found = (f" with {summary.faces} face(s)" if args.faces == "detect" else "")
+    to_stderr(f"predicted {summary.frames} frame(s){found} from {len(sources)} file(s) into "
               f"{destination}"
               + (f"; {len(summary.warnings)} warning(s)" if summary.warnings else ""))
     if failed:

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_media import face_like, truncate, write_video
+from media_files import face_like, truncate, write_video
 from dense_reference import DenseLinearBlock, DenseMEFL, to_layout, wrap
 from pyg_mefl.cli import main
 from pyg_mefl.cli.draw import MIN_HEIGHT, describe
@@ -21,6 +21,7 @@ from pyg_mefl.cli.draw import MIN_HEIGHT, describe
 torchvision = pytest.importorskip("torchvision")
 ROOT = Path(__file__).resolve().parents[2]
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+AU = 20  # the AU columns follow 10 leading and 10 landmark columns
 
 
 def _randomise_norms(module, generator):
@@ -122,15 +123,22 @@ def test_csv_equals_the_reference_model_on_images_and_video_frames(tmp_path, mod
     faces = _faces(tmp_path / "faces")
     video = write_video(tmp_path / "clip.mp4", num_frames=7, rate=10, size=(72, 56))
     out = tmp_path / "preds.csv"
-    status = main(["predict", "--checkpoint", str(checkpoint), "--out", str(out),
-                   "--batch-size", "3", "--fps", "4", "--quiet", str(faces), str(video)])
+    status = main(["predict", "--checkpoint", str(checkpoint), "--out", str(out), "--faces",
+                   "whole", "--batch-size", "3", "--fps", "4", "--quiet", str(faces), str(video)])
     assert status == 0
     header, rows = _read_csv(out)
     from pyg_mefl.data.aus import OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS
-    assert header == ["image", "frame", "time"] + list(OPENGRAPHAU_MAIN_AUS + OPENGRAPHAU_SUB_AUS)
+    assert header[:AU] == ["input", "frame", "timestamp", "face_id", "confidence", "success",
+                           "x1", "y1", "x2", "y2"] + [f"{p}_{a}" for p in (
+                               "left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+                                                      for a in "xy"]
+    assert header[AU:] == list(OPENGRAPHAU_MAIN_AUS + OPENGRAPHAU_SUB_AUS)
     names = sorted(p.name for p in faces.iterdir())
     assert [r[0] for r in rows] == [str(faces / n) for n in names] + [str(video)] * 3
-    assert [r[1:3] for r in rows[4:]] == [["0", "0.000"], ["3", "0.300"], ["5", "0.500"]]
+    assert [r[1:3] for r in rows[4:]] == [["0", "0.000000"], ["3", "0.300000"],
+                                          ["5", "0.500000"]]
+    assert [r[3:6] for r in rows] == [["0", "", "1"]] * 7  # whole images: one face each
+    assert rows[0][6:10] == ["0.00", "0.00", "80.00", "90.00"] and rows[0][10:AU] == [""] * 10
     images = [Image.open(faces / n).convert("RGB") for n in names]
     import av
     with av.open(str(video)) as container:
@@ -138,7 +146,7 @@ def test_csv_equals_the_reference_model_on_images_and_video_frames(tmp_path, mod
     images += [frames[0], frames[3], frames[5]]
     with torch.no_grad():
         expected = reference(torch.stack([preprocess(image) for image in images]))
-    got = torch.tensor([[float(v) for v in r[3:]] for r in rows])
+    got = torch.tensor([[float(v) for v in r[AU:]] for r in rows])
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
     assert float(expected.std()) > 1e-3  # the faces differ: the comparison can fail
 
@@ -153,7 +161,7 @@ def test_bad_inputs_are_listed_and_the_good_ones_still_written(tmp_path, model_f
     (tmp_path / "blank.mp4").write_bytes(b"\0" * 2048)
     out = tmp_path / "preds.csv"
     status = main(["predict", "--checkpoint", str(checkpoint), "--out", str(out), "--quiet",
-                   str(faces), str(tmp_path / "empty"), str(tmp_path / "blank.mp4"),
+                   "--faces", "whole", str(faces), str(tmp_path / "empty"), str(tmp_path / "blank.mp4"),
                    str(tmp_path / "missing.png")])
     assert status == 1
     header, rows = _read_csv(out)
@@ -172,8 +180,9 @@ def test_bad_inputs_are_listed_and_the_good_ones_still_written(tmp_path, model_f
     with torch.no_grad():
         expected = reference(torch.stack([preprocess(Image.open(faces / n).convert("RGB"))
                                           for n in good]))
-    assert header[1:3] == ["frame", "time"] and all(r[1:3] == ["", ""] for r in rows)
-    got = torch.tensor([[float(v) for v in r[3:]] for r in rows])
+    assert header[1:3] == ["frame", "timestamp"]
+    assert all(r[1:3] == ["0", "0.000000"] for r in rows)
+    got = torch.tensor([[float(v) for v in r[AU:]] for r in rows])
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
 
 
@@ -181,7 +190,8 @@ def test_draw_writes_each_face_with_its_active_aus(tmp_path, model_file):
     checkpoint, _ = model_file
     faces = _faces(tmp_path / "faces")
     status = main(["predict", "--checkpoint", str(checkpoint), "--out", str(tmp_path / "p.csv"),
-                   "--draw", str(tmp_path / "drawn"), "--quiet", str(faces / "a.jpg"),
+                   "--draw", str(tmp_path / "drawn"), "--quiet", "--faces", "whole",
+                   str(faces / "a.jpg"),
                    str(faces / "b.png")])
     assert status == 0
     _, rows = _read_csv(tmp_path / "p.csv")
@@ -195,7 +205,7 @@ def test_draw_writes_each_face_with_its_active_aus(tmp_path, model_file):
         expected = np.asarray(original.convert("RGB").resize(
             (round(original.width * scale), drawn.height), Image.BILINEAR), float)
         assert np.abs(left - expected).mean() < 6  # the face itself, JPEG-compressed
-        assert any(float(p) >= 0.5 for p in row[1:])  # something to list in the panel
+        assert any(float(p) >= 0.5 for p in row[AU:])  # something to list in the panel
     assert describe("AU12") == "AU12 lip corner puller"
     assert describe("AUL12") == "AUL12 left lip corner puller"
     assert describe("AU#3") == "AU#3"
@@ -209,10 +219,10 @@ def _run(*args):
 def test_exit_status_and_one_line_errors_from_a_fresh_process(tmp_path, model_file):
     checkpoint, _ = model_file
     faces = _faces(tmp_path / "faces")
-    run = _run("--checkpoint", checkpoint, "--out", "-", faces / "a.jpg")
+    run = _run("--checkpoint", checkpoint, "--out", "-", "--faces", "whole", faces / "a.jpg")
     assert run.returncode == 0, run.stderr
     header, rows = _read_csv(run.stdout)
-    assert header[0] == "image" and len(header) == 1 + 41 and len(rows) == 1
+    assert header[0] == "input" and len(header) == AU + 41 and len(rows) == 1
     # a checkpoint of another architecture than the one forced: nothing runs, one line
     run = _run("--checkpoint", checkpoint, "--backbone", "resnet50", "--out",
                tmp_path / "x.csv", faces / "a.jpg")
@@ -241,23 +251,24 @@ def test_bad_options_stop_the_run_with_one_line_and_status_2(tmp_path, model_fil
 
 
 def test_progress_bar_counts_images_and_lets_error_lines_through(tmp_path, model_file, capsys):
-    from pyg_mefl.cli.inputs import collect_sources
-    from pyg_mefl.cli.predict import CSVWriter, load_model, predict_sources
+    from pyg_mefl.io.media import collect_sources
+    from pyg_mefl.cli.predict import CSVWriter, build_pipeline, load_model, predict_sources
     from pyg_mefl.cli.main import build_parser
     checkpoint, _ = model_file
     faces = _faces(tmp_path / "faces")
     (faces / "e_text.jpg").write_text("not an image")
-    args = build_parser().parse_args(["predict", "--checkpoint", str(checkpoint), str(faces)])
+    args = build_parser().parse_args(["predict", "--checkpoint", str(checkpoint), "--faces",
+                                      "whole", "--batch-size", "2", str(faces)])
     model = load_model(args, torch.device("cpu"))
     sources, _ = collect_sources([str(faces)])
     out = io.StringIO()
-    summary = predict_sources(model, sources, CSVWriter(out, model.au_names, False), 2,
-                              torch.device("cpu"), progress=True)
+    summary = predict_sources(build_pipeline(args, model), sources,
+                              CSVWriter(out, model.au_names), progress=True)
     err = capsys.readouterr().err
-    assert summary.predicted == 4 and [str(p) for p in summary.problems] == [
+    assert summary.frames == 4 and [str(p) for p in summary.problems] == [
         f"{faces / 'e_text.jpg'}: not an image Pillow can read (unknown or damaged format)"]
     assert f"error: {faces / 'e_text.jpg'}: not an image" in err
-    assert "4/4" in err and "img" in err  # the bar's final count, its total set to the images read
+    assert "4/4" in err and "frame" in err  # the bar's final count, its total set to the frames
     assert len(out.getvalue().splitlines()) == 1 + 4
 
 
@@ -268,10 +279,10 @@ def test_mexca_directory_with_its_preprocessing_and_drawn_video_frames(tmp_path,
     video = write_video(tmp_path / "clip.mp4", num_frames=6, rate=10, size=(72, 56))
     out = tmp_path / "preds.csv"
     status = main(["predict", "--checkpoint", str(model_dir), "--out", str(out), "--fps", "5",
-                   "--draw", str(tmp_path / "drawn"), "--quiet", str(faces / "b.png"), str(video)])
+                   "--faces", "whole", "--draw", str(tmp_path / "drawn"), "--quiet", str(faces / "b.png"), str(video)])
     assert status == 0
     _, rows = _read_csv(out)
-    assert [r[:2] for r in rows] == [[str(faces / "b.png"), ""], [str(video), "0"],
+    assert [r[:2] for r in rows] == [[str(faces / "b.png"), "0"], [str(video), "0"],
                                      [str(video), "2"], [str(video), "4"]]
     import av
     with av.open(str(video)) as container:
@@ -280,7 +291,7 @@ def test_mexca_directory_with_its_preprocessing_and_drawn_video_frames(tmp_path,
     with torch.no_grad():
         expected = reference(torch.stack([preprocess_mexca(image) for image in images]))
         published = reference(torch.stack([preprocess(image) for image in images]))
-    got = torch.tensor([[float(v) for v in r[3:]] for r in rows])
+    got = torch.tensor([[float(v) for v in r[AU:]] for r in rows])
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=0)
     assert (published - expected).abs().max() > 1e-3  # the two preprocessings differ
     drawn_dir = tmp_path / "drawn"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli_media import blank_video_payload, damage_packet, face_like, truncate, write_video
-from pyg_mefl.cli.inputs import InputError, Source, collect_sources, read_image, read_video
+from media_files import blank_video_payload, damage_packet, face_like, truncate, write_video
+from pyg_mefl.io.media import InputError, Source, collect_sources, read_image, read_video
 
 
 def _source(path, kind="image"):

@@ -209,16 +209,28 @@ def _frame_time(frame, index: int, rate: Optional[Fraction]) -> float:
 
 def estimate_video_frames(source: Source, fps: Optional[float]) -> int:
     """About how many frames ``read_video`` will give (for the progress bar); 0 if unknown."""
+    info = video_info(source.path)
+    if info is None:
+        return 0
+    seconds = info["duration"] or 0.0
+    total = info["frames"] or int(seconds * (info["fps"] or 0.0))
+    return min(total, int(math.ceil(seconds * fps)) + 1) if fps else total
+
+
+def video_info(path: str) -> Optional[dict]:
+    """A video's nominal frame rate (``average_rate``, frames per second), frame count, duration
+    in seconds and size as its container states them; None if it cannot be opened."""
     try:
         import av
-        with av.open(source.path) as container:
+        with av.open(path) as container:
             stream = container.streams.video[0]
             seconds = (float(stream.duration * stream.time_base) if stream.duration
                        else (container.duration or 0) / 1e6)
-            total = stream.frames or int(seconds * float(stream.average_rate or 0))
-            return min(total, int(math.ceil(seconds * fps)) + 1) if fps else total
-    except Exception:  # only an estimate: read_video reports the real problem
-        return 0
+            rate = stream.average_rate
+            return {"fps": float(rate) if rate else None, "frames": stream.frames or None,
+                    "duration": seconds or None, "width": stream.width, "height": stream.height}
+    except Exception:  # only a record: read_video reports the real problem
+        return None
 
 
 def read_video(source: Source, fps: Optional[float], min_size: int,

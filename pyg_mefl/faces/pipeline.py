@@ -1,0 +1,245 @@
+"""Photos and videos of people to AU probabilities: one row per input, frame and face."""
+import os
+from dataclasses import dataclass
+from typing import Iterable, Iterator, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from ..io.media import Frame, InputError, Source, collect_sources, read_image, read_video, to_rgb
+from .crops import DEFAULT_MARGIN, aligned_face_crop, mexca_face_crops, square_face_crop
+from .detector import FaceDetector, FrameFaces, frame_tensor
+from .tracker import FaceTracker
+
+CROPS = ("auto", "mexca", "square", "aligned")
+LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
+
+
+@dataclass
+class FaceRow:
+    """One face of one frame, or a frame without a face (``success`` False, the rest None).
+
+    Attributes:
+        input (str): The file's path as given, or ``"<image k>"`` for the k-th in-memory image.
+        frame (int): The frame's number in decoding order (0 for a photo).
+        timestamp (float): Seconds of video time, from the stream's timestamps (0 for a photo).
+        face_id (int, optional): The face's id: kept through a video by :class:`FaceTracker`;
+            in a photo the faces' order, largest first.
+        confidence (float, optional): The detector's face probability (None for whole images).
+        success (bool): Whether a face was found and predicted.
+        box (list of float, optional): ``[x1, y1, x2, y2]`` in the input's pixels.
+        landmarks (list of float, optional): ``[x, y]`` of :data:`LANDMARK_NAMES`, flattened.
+        probs (list of float, optional): The AU probabilities, in the model's ``au_names`` order.
+    """
+    input: str
+    frame: int
+    timestamp: float
+    face_id: Optional[int] = None
+    confidence: Optional[float] = None
+    success: bool = False
+    box: Optional[List[float]] = None
+    landmarks: Optional[List[float]] = None
+    probs: Optional[List[float]] = None
+
+
+ImageLike = Union[str, os.PathLike, Image.Image, np.ndarray, Tensor]
+
+
+class FaceAUPipeline:
+    r"""A face detector, face crops and a whole AU model: photos and videos of people to one
+    :class:`FaceRow` per input, frame and face. A frame without a face gives one row with
+    ``success`` False, so that frames stay aligned with the video.
+
+    With a mexca model and the default detector the faces, crops and probabilities are those of
+    mexca's own pipeline (:mod:`~pyg_mefl.faces.crops`). ``detector=None`` takes each image whole
+    as one face crop, through the model's own ``transform`` (the crop-level path of
+    :meth:`~pyg_mefl.FaceAUModel.predict`).
+
+    Args:
+        model (FaceAUModel): A whole model with a backbone and a ``transform``, e.g. from
+            :meth:`~pyg_mefl.FaceAUModel.from_pretrained`; run in eval mode.
+        detector (FaceDetector, optional): Finds the faces; :obj:`None` for inputs that are
+            face crops already. Default: a :class:`FaceDetector` with mexca's settings.
+        crop (str): ``"auto"`` (``"mexca"`` for a mexca model, else ``"square"``), ``"mexca"``,
+            ``"square"`` or ``"aligned"`` (see :mod:`~pyg_mefl.faces.crops`).
+        margin (float): The square and aligned crops' margin around the box.
+        batch_size (int): Faces per model batch; the faces of several frames share a batch.
+        tracker (FaceTracker, optional): Keeps face ids through a video (default settings if
+            :obj:`None`); reset at each new video.
+        fps (float, optional): Frames per second sampled from videos (default: every frame).
+    """
+
+    def __init__(self, model, detector: Union[FaceDetector, None, str] = "default",
+                 crop: str = "auto", margin: float = DEFAULT_MARGIN, batch_size: int = 16,
+                 tracker: Optional[FaceTracker] = None, fps: Optional[float] = None):
+        if getattr(model, "backbone", None) is None or getattr(model, "transform", None) is None:
+            raise ValueError("model: expected a whole model with a backbone and a transform, "
+                             "e.g. FaceAUModel.from_pretrained(...)")
+        if crop not in CROPS:
+            raise ValueError(f"crop: expected one of {CROPS}, got {crop!r}")
+        if crop == "mexca" and getattr(model, "source", None) != "mexca":
+            raise ValueError(f"crop='mexca' is mexca's preprocessing; the model's source is "
+                             f"{model.source!r} (use 'square' or 'aligned')")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected a positive number, got {batch_size}")
+        self.model = model.eval()
+        self.detector = FaceDetector() if detector == "default" else detector
+        self.crop = ("mexca" if model.source == "mexca" else "square") if crop == "auto" else crop
+        self.margin, self.batch_size, self.fps = float(margin), int(batch_size), fps
+        self.tracker = tracker or FaceTracker()
+        parameter = next(model.parameters())
+        self.device, self.dtype = parameter.device, parameter.dtype
+
+    def __call__(self, inputs: Union[ImageLike, Sequence[ImageLike]]) -> Iterator[FaceRow]:
+        """The rows of ``inputs`` (a path to a photo, a video or a folder of them, a PIL image, an
+        ``[H, W, 3]`` uint8 array or tensor, or a list of these), in input order; an input that
+        cannot be read raises :class:`~pyg_mefl.io.InputError`."""
+        for item in self.rows(inputs):
+            if isinstance(item, InputError):
+                raise item
+            yield item
+
+    def rows(self, inputs) -> Iterator[Union[FaceRow, InputError]]:
+        """As :meth:`__call__`, but each problem with an input is yielded as an
+        :class:`~pyg_mefl.io.InputError` (and the other inputs go on)."""
+        return self.rows_of_frames(self.frames(inputs))
+
+    def frames(self, inputs) -> Iterator[Union[Frame, InputError]]:
+        """The RGB frames of ``inputs``, and an :class:`~pyg_mefl.io.InputError` for each one
+        that cannot be read."""
+        if isinstance(inputs, (str, os.PathLike, Image.Image, np.ndarray, Tensor)):
+            inputs = [inputs]
+        for number, item in enumerate(inputs):
+            if isinstance(item, (str, os.PathLike)):
+                sources, problems = collect_sources([os.fspath(item)])
+                yield from problems
+                for source in sources:
+                    yield from read_source(source, self.fps)
+            else:
+                try:
+                    yield in_memory_frame(item, number)
+                except InputError as error:
+                    yield error
+
+    def rows_of_frames(self, frames: Iterable[Union[Frame, InputError]]
+                       ) -> Iterator[Union[FaceRow, InputError]]:
+        """The rows of already decoded frames; frames of one size are detected together and the
+        faces of several frames make one model batch."""
+        pending: List[Frame] = []
+        source = None
+        for item in frames:
+            if isinstance(item, InputError):
+                yield from self._predict(pending)
+                pending = []
+                yield item
+                continue
+            if pending and (pending[0].image.size != item.image.size
+                            or len(pending) >= self._chunk()
+                            or (item.source is not source and item.source.kind == "video")):
+                yield from self._predict(pending)
+                pending = []
+            if item.source is not source and item.source.kind == "video":
+                self.tracker.reset()
+            source = item.source
+            pending.append(item)
+        yield from self._predict(pending)
+
+    def _chunk(self) -> int:
+        return self.detector.batch_frames if self.detector is not None else self.batch_size
+
+    def _predict(self, frames: List[Frame]) -> Iterator[FaceRow]:
+        if not frames:
+            return
+        if self.detector is None:
+            found = [None] * len(frames)
+            crops = torch.stack([self.model.transform(frame.image) for frame in frames])
+        else:
+            tensors = [frame_tensor(frame.image) for frame in frames]
+            found = self.detector.detect(torch.stack(tensors))
+            crops = self._crops(frames, tensors, found)
+        probs = self._probabilities(crops)
+        offset = 0
+        for frame, faces in zip(frames, found):
+            time = 0.0 if frame.time is None else float(frame.time)
+            base = dict(input=frame.source.path, frame=frame.index or 0, timestamp=time)
+            if faces is None:  # the whole image is the face
+                width, height = frame.image.size
+                yield FaceRow(**base, face_id=0, success=True,
+                              box=[0.0, 0.0, float(width), float(height)], probs=probs[offset])
+                offset += 1
+                continue
+            if len(faces) == 0:
+                if frame.source.kind == "video":
+                    self.tracker.update(faces.boxes, time)
+                yield FaceRow(**base)
+                continue
+            ids = (self.tracker.update(faces.boxes, time) if frame.source.kind == "video"
+                   else list(range(len(faces))))
+            for k in range(len(faces)):
+                yield FaceRow(**base, face_id=ids[k], confidence=float(faces.scores[k]),
+                              success=True, box=faces.boxes[k].tolist(),
+                              landmarks=faces.landmarks[k].flatten().tolist(),
+                              probs=probs[offset + k])
+            offset += len(faces)
+
+    def _crops(self, frames: List[Frame], tensors: List[Tensor],
+               found: List[FrameFaces]) -> Tensor:
+        crops = []
+        for frame, tensor, faces in zip(frames, tensors, found):
+            if not len(faces):
+                continue
+            if self.crop == "mexca":
+                crops.append(mexca_face_crops(tensor, faces.boxes))
+                continue
+            for box, points in zip(faces.boxes.tolist(), faces.landmarks.numpy()):
+                face = (aligned_face_crop(frame.image, points, self.margin)
+                        if self.crop == "aligned"
+                        else square_face_crop(frame.image, box, self.margin))
+                crops.append(self.model.transform(face).unsqueeze(0))
+        return torch.cat(crops) if crops else torch.zeros(0, 3, 224, 224)
+
+    def _probabilities(self, crops: Tensor) -> List[List[float]]:
+        out: List[List[float]] = []
+        for start in range(0, crops.size(0), self.batch_size):
+            batch = crops[start:start + self.batch_size].to(self.device, self.dtype)
+            batch = batch.contiguous(memory_format=torch.channels_last)
+            out.extend(self.model.predict(batch).float().cpu().tolist())
+        return out
+
+
+def read_source(source: Source, fps: Optional[float] = None, min_size: int = 1
+                ) -> Iterator[Union[Frame, InputError]]:
+    """The frames of one photo or video file, then its problems (as items, not raised)."""
+    late: List[InputError] = []
+    try:
+        if source.kind == "image":
+            yield read_image(source, min_size)
+        else:
+            yield from read_video(source, fps, min_size, late)
+    except InputError as error:
+        yield error
+    yield from late
+
+
+def in_memory_frame(image, number: int) -> Frame:
+    """A PIL image, a uint8 array ``[H, W]`` / ``[H, W, 3]`` or a uint8 tensor ``[H, W, 3]`` /
+    ``[3, H, W]`` as an RGB :class:`~pyg_mefl.io.Frame`."""
+    label = f"<image {number}>"
+    if isinstance(image, Tensor):
+        if image.dim() == 3 and image.size(0) == 3 and image.size(-1) != 3:
+            image = image.permute(1, 2, 0)
+        image = image.detach().cpu().numpy()
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim not in (2, 3) or (
+                image.ndim == 3 and image.shape[2] not in (1, 3)):
+            raise InputError(label, f"expected a uint8 image [H, W] or [H, W, 3], got "
+                                    f"{image.dtype} {list(image.shape)}")
+        image = Image.fromarray(np.ascontiguousarray(image.squeeze(-1) if image.ndim == 3
+                                                     and image.shape[2] == 1 else image))
+    if not isinstance(image, Image.Image):
+        raise InputError(label, f"expected a path, a PIL image, an array or a tensor, got "
+                                f"{type(image).__name__}")
+    rgb, warning = to_rgb(image, label)
+    return Frame(Source(label, "image", label), rgb, warning=warning)
