@@ -122,31 +122,107 @@ def read_hub_directory(path: str) -> Tuple[Dict[str, Tensor], dict, str]:
     return read_checkpoint(weights[0]), config, weights[0]
 
 
+# A Hugging Face hub id as the hub spells repo ids (huggingface_hub's validate_repo_id): owner and
+# name of letters, digits, '-', '_' and '.', each starting and ending with a letter, digit or '_',
+# no '--' or '..', the name at most 96 characters.
+_HUB_ID = re.compile(r"(?=[^/]*/[^/]{1,96}$)\b[\w.-]+\b/\b[\w.-]+\b", re.ASCII)
+_CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".json", ".git")
+
+
 def is_hub_id(name: str) -> bool:
-    """Whether ``name`` reads as a Hugging Face hub id (``owner/name``, no file suffix)."""
-    return re.fullmatch(r"[\w.-]+/[\w.-]+", name) is not None and not name.startswith(".") \
-        and os.path.splitext(name)[1] not in (".pth", ".pt", ".bin", ".safetensors", ".ckpt")
+    """Whether ``name`` reads as a Hugging Face hub id (``owner/name`` as the hub spells it, no
+    file suffix such as ``.pth``): only such names, when no such path exists, are looked up on
+    the hub; anything else is a path."""
+    return (isinstance(name, str) and _HUB_ID.fullmatch(name) is not None
+            and "--" not in name and ".." not in name
+            and os.path.splitext(name)[1].lower() not in _CHECKPOINT_SUFFIXES)
 
 
 def download_hub_model(repo_id: str) -> str:
-    """The local directory of the hub model ``repo_id`` (downloaded or from the cache); a
-    :class:`FileNotFoundError` in one line when it cannot be had (offline, not found)."""
+    """The local snapshot directory of the hub model ``repo_id``: its ``config.json`` and weights
+    from the Hugging Face cache when they are there (no network access then, also under
+    ``HF_HUB_OFFLINE=1``), downloaded otherwise. The cache, the endpoint and offline mode are
+    huggingface_hub's own (``HF_HUB_CACHE``, ``HF_HOME``, ``HF_HUB_OFFLINE``, ...). When the model
+    cannot be had (offline or no network and not cached, not on the hub): a
+    :class:`FileNotFoundError` in one line naming ``repo_id`` and how to pass a local copy."""
     try:
         import huggingface_hub
+        # a submodule: in huggingface_hub 2.x no attribute of the package until imported
+        from huggingface_hub import constants, snapshot_download
     except ImportError:
         raise FileNotFoundError(f"{repo_id}: not a local file or directory; to read it as a "
                                 f"Hugging Face hub id, pip install huggingface_hub") from None
-    offline = huggingface_hub.constants.HF_HUB_OFFLINE or os.environ.get(
-        "HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    patterns = [HUB_CONFIG, *HUB_WEIGHTS]
+    try:  # the cache first: a cached model loads without the network, online too
+        path = snapshot_download(repo_id, allow_patterns=patterns, local_files_only=True)
+    except Exception:  # not cached; the error types differ between huggingface_hub versions
+        path = None
+    if path is not None and _has_model_files(path):
+        return path
+    cache = getattr(constants, "HF_HUB_CACHE", None) or getattr(constants,
+                                                                "HUGGINGFACE_HUB_CACHE", "")
+    advice = _local_copy_advice(repo_id, huggingface_hub.__version__)
+    if _hub_offline(constants):
+        raise FileNotFoundError(f"{repo_id}: not a local file or directory, and the Hugging Face "
+                                f"hub is offline (HF_HUB_OFFLINE) with no cached copy of it in "
+                                f"{cache}; {advice}") from None
     try:
-        return huggingface_hub.snapshot_download(
-            repo_id, allow_patterns=[HUB_CONFIG, *HUB_WEIGHTS], local_files_only=offline)
-    except Exception as error:  # the hub raises many types: offline, not found, network
-        if offline:
+        path = snapshot_download(repo_id, allow_patterns=patterns)
+    except Exception as error:  # the hub raises many types: no network, not found, gated, ...
+        connection = _connection_error(error)
+        if connection is not None:
             raise FileNotFoundError(f"{repo_id}: not a local file or directory, and the Hugging "
-                                    f"Face hub is offline (HF_HUB_OFFLINE) with no cached copy "
-                                    f"of it") from None
-        reason = (str(error).strip().splitlines() or [""])[0][:200]
+                                    f"Face hub cannot be reached ({_describe(connection)}) with "
+                                    f"no cached copy of it in {cache}; {advice}") from None
         raise FileNotFoundError(f"{repo_id}: not a local file or directory, and not "
-                                f"downloadable from the Hugging Face hub "
-                                f"({type(error).__name__}: {reason})") from None
+                                f"downloadable from the Hugging Face hub ({_describe(error)}); "
+                                f"{advice}") from None
+    return path
+
+
+def _has_model_files(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, HUB_CONFIG)) and any(
+        os.path.isfile(os.path.join(path, name)) for name in HUB_WEIGHTS)
+
+
+def _hub_offline(constants) -> bool:
+    """huggingface_hub's offline mode (read when it was imported), or ``HF_HUB_OFFLINE`` set
+    since."""
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False)) or os.environ.get(
+        "HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _local_copy_advice(repo_id: str, version: str) -> str:
+    """How to use a copy of ``repo_id`` downloaded elsewhere, with the download command of the
+    installed huggingface_hub (``hf`` from 0.34 on, ``huggingface-cli`` before)."""
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    command = "hf" if numbers >= (0, 34) else "huggingface-cli"
+    return (f"to use a downloaded copy, pass --checkpoint PATH (in Python: "
+            f"FaceAUModel.from_pretrained(PATH)) to the model directory or weights file, e.g. "
+            f"one made where there is a network by `{command} download {repo_id} --local-dir "
+            f"PATH`")
+
+
+# what requests, urllib3, httpx, the socket module and huggingface_hub raise for a hub that
+# cannot be reached (huggingface_hub 1.x and 2.x: a LocalEntryNotFoundError caused by one)
+_CONNECTION_ERRORS = {"ConnectionError", "ConnectError", "ConnectTimeout", "ConnectTimeoutError",
+                      "NewConnectionError", "NameResolutionError", "gaierror", "Timeout",
+                      "TimeoutException", "OfflineModeIsEnabled", "LocalEntryNotFoundError"}
+
+
+def _connection_error(error: BaseException) -> Optional[BaseException]:
+    """The innermost exception in the chain of ``error`` that says the hub could not be reached
+    (such as ``ConnectionRefusedError: [Errno 111] Connection refused``), or :obj:`None`."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if _CONNECTION_ERRORS & {cls.__name__ for cls in type(error).__mro__}:
+            found = error
+        error = error.__cause__ or error.__context__
+    return found
+
+
+def _describe(error: BaseException) -> str:
+    """``Type: the first line of the message``, at most 200 characters of it."""
+    text = (str(error).strip().splitlines() or [""])[0][:200]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

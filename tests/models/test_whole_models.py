@@ -223,11 +223,11 @@ def test_hub_directories_and_ids(opengraphau_r18, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="checkpoint file not found: .*nothing.pth"):
         FaceAUModel.from_pretrained(tmp_path / "nothing.pth")
 
-    import huggingface_hub
+    from huggingface_hub import constants  # read at import time: set here as the env would
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError) as error:
         FaceAUModel.from_pretrained("mexca/mefarg-open-graph-au-resnet50-stage-2")
