@@ -5,11 +5,11 @@ r"""Face crops for a model, made as each published source's code makes them.
   averaging (facenet-pytorch's tensor path, which truncates the result to uint8), standardised
   to :math:`(x - 127.5) / 128` and then ImageNet-normalised. The box's aspect ratio is not kept.
 - **OpenGraphAU, ME-GraphAU**: their eval transform (``Resize(256)``, ``CenterCrop(224)``, ...)
-  on a square face crop. The crop is centred on the box with a side of
-  ``max(width, height) * (1 + margin)``; the default margin, ``256 / 224 - 1``, makes the
-  transform's centre crop hold exactly the box's longer side, the framing mexca's pipeline gives
-  the same OpenGraphAU weights (mexca's released model is OpenGraphAU's ResNet-50). Parts of the
-  crop outside the frame are black, as Pillow's ``crop`` pads them.
+  on a square face crop, centred on the box, of side ``max(width, height) * (1 + margin)``; parts
+  of it outside the frame are black, as Pillow's ``crop`` pads them. Their code has no detector,
+  so the framing is a choice: the default margin, 0, frames a face most like mexca's pipeline
+  frames it for the same OpenGraphAU weights (mexca's released model is OpenGraphAU's ResNet-50),
+  as measured on real photos and video frames by ``benchmarks/crop_margin.py``.
 - **aligned** (an option for the same sources): a similarity transform (rotation, scale,
   translation; Umeyama's least squares) takes the 5 landmarks onto a frontal template, placed
   in the square crop as the box would be, so the eyes are level.
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from ..models.preprocessing import IMAGE_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE
 
-DEFAULT_MARGIN = RESIZE / IMAGE_SIZE - 1.0
+DEFAULT_MARGIN = 0.0
 # 5-point frontal template (eyes, nose tip, mouth corners) in a 112 x 112 tight face crop, the
 # one widely used for face alignment since ArcFace (Deng et al., 2019)
 FRONTAL_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
