@@ -27,7 +27,7 @@ Method:
     loads, the stage-1 head alone on those tokens.
 
     Folder. 64 JPEG face crops of 256x256 are written to a temporary folder; the predict command's
-    pipeline (``pyg_mefl.cli.predict.predict_sources``: decoding and preprocessing in a reader
+    pipeline (``pyg_mefl.cli.predict.predict_sources`` with ``--faces whole``: decoding in a reader
     thread, batched inference, CSV rows) runs over them at several batch sizes; the model is
     loaded beforehand, as a long run amortises it. Decoding and preprocessing alone are timed
     too, to show how much of them the reader thread hides behind inference.
@@ -186,7 +186,7 @@ def folder_worker(args) -> dict:
     from PIL import Image
     from pyg_mefl.io.media import collect_sources, read_image
     from pyg_mefl.cli.predict import CSVWriter, predict_sources
-    import torch
+    from pyg_mefl.faces import FaceAUPipeline
     model = load_pyg(args.checkpoint, True)
     out = {"images": FOLDER_IMAGES, "side": FOLDER_SIDE}
     with tempfile.TemporaryDirectory() as folder:
@@ -199,11 +199,11 @@ def folder_worker(args) -> dict:
         assert not problems and len(sources) == FOLDER_IMAGES
 
         def run(batch_size, subset=sources):
-            writer = CSVWriter(io.StringIO(), model.au_names, False)
+            writer = CSVWriter(io.StringIO(), model.au_names)
+            pipeline = FaceAUPipeline(model, detector=None, batch_size=batch_size)
             start = time.perf_counter()
-            summary = predict_sources(model, subset, writer, batch_size, torch.device("cpu"),
-                                      progress=False)
-            assert summary.predicted == len(subset) and not summary.problems
+            summary = predict_sources(pipeline, subset, writer, min_size=32, progress=False)
+            assert summary.frames == len(subset) and not summary.problems
             return time.perf_counter() - start
 
         run(8, sources[:8])  # warm-up
