@@ -251,12 +251,15 @@ def runs(request, hub):
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     jobs = {
         "offline": ({"scan": hub["cache"], "resolve": [REPO_ID], "load": REPO_ID,
-                     "images": IMAGES, "out": str(base / "loaded.pt")},
+                     "images": IMAGES, "out": str(base / "loaded.pt"),
+                     # predict without --checkpoint: the default model, from the cache
+                     "cli": ["predict", str(image), "--out", str(base / "default.csv"),
+                             "--quiet"]},
                     _environment(version, HF_HUB_OFFLINE="1", HF_HUB_CACHE=hub["cache"],
                                  HF_HOME=str(empty_home))),
         "offline_empty": ({"fail": [REPO_ID],
-                           "cli": ["predict", str(image), "--checkpoint", REPO_ID,
-                                   "--out", str(base / "preds.csv"), "--quiet"]},
+                           "cli": ["predict", str(image), "--out", str(base / "preds.csv"),
+                                   "--quiet"]},
                           _environment(version, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(empty_cache),
                                        HF_HOME=str(empty_home))),
         "online": ({"resolve": [REPO_ID], "fail": [UNCACHED_ID]},
@@ -275,6 +278,7 @@ def runs(request, hub):
     results["requests"] = list(_RecordingHub.requests)
     results["version_kind"] = version
     results["loaded"] = base / "loaded.pt"
+    results["default_csv"] = base / "default.csv"
     return results
 
 
@@ -318,6 +322,14 @@ def test_offline_the_hub_id_loads_from_the_cache(runs, hub):
     direct = FaceAUModel.from_pretrained(hub["snapshot"])
     assert torch.allclose(loaded["probs"], direct.predict(_images()), rtol=0, atol=1e-6)
     assert relative_error(loaded["probs"], hub["expected"]) <= TOL
+
+
+def test_predict_without_a_checkpoint_runs_the_default_model_from_the_cache(runs):
+    assert runs["offline"]["cli"]["status"] == 0, runs["offline"]["cli"]["stderr"]
+    record = json.loads(runs["default_csv"].with_name("default.csv.json").read_text())
+    assert record["checkpoint"] == REPO_ID and record["source"] == "mexca"
+    rows = runs["default_csv"].read_text().splitlines()
+    assert len(rows) == 2 and rows[1].split(",")[5] == "0"  # a flat grey picture has no face
 
 
 def _assert_one_line(message, repo_id):
