@@ -4,6 +4,7 @@ from .data import (BP4D_AUS, DISFA_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AU
                    FaceGraphDataset, ImageListFaceDataset, SyntheticFaceDataset, TokenFaceDataset,
                    GraphLayout, complete_au_graph, edge_slots, face_graph, relation_labels,
                    uniform_in_degree, vocabulary_ids)
+from .faces import FaceAUPipeline, FaceDetector, FaceTracker
 from .models import (FaceAUModel, ImageTokens, ResNet50Tokens, ResNetTokens, SmallCNN,
                      SwinTokens, build_backbone, published_transform)
 from .nn import (ANFL, MEFL, ANFLLayer, AUFeatureBlocks, CrossAttention, GatedGNN, GatedGNNLayer,
@@ -20,7 +21,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ANFL", "ANFLLayer", "AUFeatureBlocks", "AUMetrics", "AddTokenPosition", "BP4D_AUS",
-    "CenterTokens", "CrossAttention", "DISFA_AUS", "FaceAUModel", "FaceGraphDataset",
+    "CenterTokens", "CrossAttention", "DISFA_AUS", "FaceAUModel", "FaceAUPipeline",
+    "FaceDetector", "FaceGraphDataset", "FaceTracker",
     "GatedGNN", "GatedGNNLayer", "GraphEdgeModel", "GraphLayout", "ImageListFaceDataset",
     "ImageTokens", "LinearBlock", "MEFL", "MEFLLoss", "MEFLOutput", "OPENGRAPHAU_MAIN_AUS",
     "OPENGRAPHAU_SUB_AUS", "ResNet50Tokens", "ResNetTokens", "SlotBatchNorm", "SmallCNN",

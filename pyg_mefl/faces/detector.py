@@ -50,7 +50,8 @@ class FaceDetector:
         thresholds (tuple of float): The three networks' face-probability thresholds.
         factor (float): The scale step of MTCNN's image pyramid.
         min_box_size (float): A face is dropped when its box's width **and** height are both
-            below this many pixels (mexca's ``post_min_face_size``; 0 keeps every face).
+            below this many pixels (mexca's ``post_min_face_size``; 0 keeps every face). A box
+            that holds no whole pixel of the frame is dropped too.
         device (torch.device or str): Where the networks run.
         batch_frames (int): At most this many frames per MTCNN call.
     """
@@ -109,17 +110,22 @@ class FaceDetector:
         for start in range(0, frames.size(0), self.batch_frames):
             chunk = frames[start:start + self.batch_frames]
             boxes, scores, points = self.mtcnn.detect(chunk, landmarks=True)
-            found.extend(self._keep(b, s, p) for b, s, p in zip(boxes, scores, points))
+            found.extend(self._keep(b, s, p, width, height)
+                         for b, s, p in zip(boxes, scores, points))
         return found
 
-    def _keep(self, boxes, scores, points) -> FrameFaces:
+    def _keep(self, boxes, scores, points, width: int, height: int) -> FrameFaces:
         if boxes is None:
             return FrameFaces.empty()
         boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
         scores = torch.as_tensor(np.asarray(scores, dtype=np.float32)).reshape(-1)
         points = torch.as_tensor(np.asarray(points, dtype=np.float32)).reshape(-1, 5, 2)
         sizes = boxes[:, 2:] - boxes[:, :2]
-        keep = (sizes > 0).all(1) & (sizes >= self.min_box_size).any(1)
+        # a box must hold a whole pixel of the frame once its corners are truncated and clipped
+        # (as crops cut it), and be at least min_box_size wide or high
+        inside = (boxes[:, 2].clamp(max=width).floor() > boxes[:, 0].clamp(min=0).floor()) & (
+            boxes[:, 3].clamp(max=height).floor() > boxes[:, 1].clamp(min=0).floor())
+        keep = inside & (sizes >= self.min_box_size).any(1)
         return FrameFaces(boxes[keep], scores[keep], points[keep])
 
 

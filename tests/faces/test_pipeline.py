@@ -131,3 +131,15 @@ def test_empty_crop_box_is_a_value_error():
     with pytest.raises(ValueError, match="no pixel"):
         mexca_face_crops(torch.zeros(10, 10, 3, dtype=torch.uint8), torch.tensor([[12.0, 0, 20, 5]]))
     assert FrameFaces.empty().boxes.shape == (0, 4)
+
+
+def test_boxes_without_a_pixel_of_the_frame_are_dropped():
+    detector = FaceDetector(min_box_size=0)
+    # inside; left of the frame; right of it; within one pixel column; one pixel at the corner
+    boxes = np.array([[10.2, 10.0, 60.0, 70.0], [-50.0, 5.0, -0.5, 40.0],
+                      [100.5, 5.0, 140.0, 9.7], [20.1, 30.0, 20.9, 60.0],
+                      [99.3, 79.2, 130.0, 90.0]])
+    kept = detector._keep(boxes, np.ones(5), np.zeros((5, 5, 2)), width=100, height=80)
+    assert torch.allclose(kept.boxes, torch.tensor(boxes[[0, 4]], dtype=torch.float32))
+    frame = torch.zeros(80, 100, 3, dtype=torch.uint8)
+    assert mexca_face_crops(frame, kept.boxes).shape == (2, 3, 224, 224)
