@@ -51,6 +51,14 @@ def _active_lines(au_names: Sequence[str], probs: Sequence[float], threshold: fl
         (f"{indent}no active AU", GREY, None)]
 
 
+def _most_probable(au_names, probs, threshold: float, limit: int, indent: str = ""):
+    """The ``limit`` most probable active AUs' lines, and a line for how many more there are."""
+    lines = _active_lines(au_names, probs, threshold, indent)
+    if len(lines) > limit:
+        lines = lines[:limit] + [(f"{indent}+{len(lines) - limit} more", GREY, None)]
+    return lines
+
+
 def _with_panel(image: Image.Image, lines, threshold: float, font) -> Image.Image:
     """``image`` with a panel on its right: a header, then each ``(text, colour, bar)`` line
     (``bar`` a probability drawn as a bar under the text, or None)."""
@@ -97,11 +105,14 @@ def draw_faces(image: Image.Image, rows: Sequence, au_names: Sequence[str],
         return draw_active_aus(image, au_names, faces[0].probs, threshold)
     image, scale = _enlarged(image)
     font = ImageFont.load_default(size=max(12, min(image.height // 32, 28)))
+    # as many AUs per face as keep the panel about as high as the picture (3 at least)
+    fit = image.height // round(font.size * 1.7) - 1
+    per_face = max(3, fit // max(1, len(faces)) - 2)
     lines = []
     for row in faces:
         colour = FACE_COLOURS[row.face_id % len(FACE_COLOURS)]
         lines.append((f"face {row.face_id}  (detector {row.confidence:.2f})", colour, None))
-        lines += _active_lines(au_names, row.probs, threshold, indent="  ")
+        lines += _most_probable(au_names, row.probs, threshold, per_face, indent="  ")
     draw = ImageDraw.Draw(image)
     width = max(2, round(image.height / 240))
     for row in faces:
@@ -117,3 +128,46 @@ def draw_faces(image: Image.Image, rows: Sequence, au_names: Sequence[str],
         draw.rectangle((x1, top, x1 + (right - left) + 2 * width, y1), fill=colour)
         draw.text((x1 + width, top), label, font=font, fill=(0, 0, 0))
     return _with_panel(image, lines or [("no face found", GREY, None)], threshold, font)
+
+
+def draw_faces_in_frame(image: Image.Image, rows: Sequence, au_names: Sequence[str],
+                        threshold: float = 0.5, max_aus: int = 6) -> Image.Image:
+    """A copy of the video frame ``image``, same size, with each face of ``rows`` drawn in it: its
+    box, landmarks and id, and beside the box its ``max_aus`` most probable active AUs (FACS
+    names, a bar each) on a dark label; a frame without a face is marked so in a corner."""
+    frame = image.convert("RGB")
+    overlay = Image.new("RGBA", frame.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(overlay)
+    font = ImageFont.load_default(size=max(10, min(frame.height // 36, 22)))
+    line = round(font.size * 1.7)
+    width = max(1, round(frame.height / 300))
+    faces = [row for row in rows if row.success]
+    for row in faces:
+        colour = FACE_COLOURS[row.face_id % len(FACE_COLOURS)]
+        x1, y1, x2, y2 = row.box
+        draw.rectangle((x1, y1, x2, y2), outline=colour + (255,), width=width)
+        for x, y in zip(row.landmarks[0::2], row.landmarks[1::2]):
+            draw.ellipse((x - width - 1, y - width - 1, x + width + 1, y + width + 1),
+                         fill=colour + (255,))
+        lines = [(f"face {row.face_id}", colour, None)]
+        lines += _most_probable(au_names, row.probs, threshold, max_aus)
+        label_width = max(draw.textlength(text, font=font) for text, _, _ in lines) + font.size
+        left = x2 + 2 * width if x2 + 2 * width + label_width <= frame.width else \
+            max(0, x1 - 2 * width - label_width)
+        top = min(max(0, y1), max(0, frame.height - line * len(lines) - width))
+        draw.rectangle((left, top, left + label_width, top + line * len(lines) + width),
+                       fill=(0, 0, 0, 170))
+        for number, (text, text_colour, bar) in enumerate(lines):
+            y = top + number * line + width
+            draw.text((left + font.size // 2, y), text, font=font, fill=text_colour + (255,))
+            if bar is not None:
+                length = (label_width - font.size) * min(max(bar, 0.0), 1.0)
+                draw.rectangle((left + font.size // 2, y + font.size + 3,
+                                left + font.size // 2 + length, y + font.size + 4),
+                               fill=(80, 170, 90, 255))
+    if not faces:
+        text = "no face found"
+        draw.rectangle((0, 0, draw.textlength(text, font=font) + font.size, line + width),
+                       fill=(0, 0, 0, 170))
+        draw.text((font.size // 2, width), text, font=font, fill=(200, 200, 200, 255))
+    return Image.alpha_composite(frame.convert("RGBA"), overlay).convert("RGB")

@@ -14,7 +14,7 @@ import json
 import queue
 import sys
 import threading
-from contextlib import ExitStack
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, TextIO
@@ -26,7 +26,8 @@ from ..faces import DEFAULT_MARGIN, LANDMARK_NAMES, MEXCA_DETECTOR, FaceAUPipeli
 from ..faces.pipeline import FaceRow, read_source
 from ..io.media import Frame, InputError, Source, collect_sources, estimate_video_frames, video_info
 from ..pretrained.layouts import SOURCES
-from .draw import draw_faces
+from ..io.video_writer import VideoWriter
+from .draw import draw_faces, draw_faces_in_frame
 
 DEFAULT_MODEL = "mexca/mefarg-open-graph-au-resnet50-stage-2"  # mexca's default hub model
 
@@ -87,8 +88,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", metavar="D",
                         help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--draw", default=None, metavar="DIR",
-                        help="also write each photo and frame with its faces' boxes, ids and "
-                             "active AUs (p >= 0.5) to DIR")
+                        help="also draw each face's box, landmarks, id and active AUs (p >= "
+                             "0.5): photos as DIR/<name>.jpg, videos as DIR/<name>.mp4 at their "
+                             "frame rate and size")
+    parser.add_argument("--draw-frames", action="store_true",
+                        help="with --draw: each video frame as DIR/<name>/frame_000123.jpg "
+                             "instead of a video")
     parser.add_argument("--fps", type=_positive_float, default=None, metavar="F",
                         help="frames per second sampled from videos (default: every frame)")
     parser.add_argument("--min-size", type=_positive_int, default=None, metavar="PX",
@@ -227,15 +232,54 @@ class CSVWriter:
         self.stream.flush()
 
 
-def _drawn_path(draw_dir: Path, frame: Frame) -> Path:
-    label = Path(frame.source.label)
-    if frame.index is None:
-        return draw_dir / label.with_suffix(".jpg")
-    return draw_dir / label.with_suffix("") / f"frame_{frame.index:06d}.jpg"
+class Drawings:
+    """What ``--draw DIR`` writes: each photo as ``DIR/<name>.jpg`` with its faces and a panel of
+    their active AUs; each video as ``DIR/<name>.mp4`` at its frame rate and size, its faces
+    drawn in each frame, or with ``frames`` its frames as ``DIR/<name>/frame_000123.jpg``."""
+
+    def __init__(self, folder: Path, au_names: Sequence[str], fps: Optional[float],
+                 frames: bool = False):
+        self.folder, self.au_names, self.fps, self.frames = folder, au_names, fps, frames
+        self.video: Optional[VideoWriter] = None
+        self.video_source: Optional[Source] = None
+
+    def add(self, frame: Frame, rows: List[FaceRow]) -> None:
+        label = Path(frame.source.label)
+        if frame.source.kind == "image":
+            path = self.folder / label.with_suffix(".jpg")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draw_faces(frame.image, rows, self.au_names).save(path, quality=90)
+        elif self.frames:
+            path = self.folder / label.with_suffix("") / f"frame_{frame.index:06d}.jpg"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            draw_faces(frame.image, rows, self.au_names).save(path, quality=90)
+        else:
+            if self.video_source is not frame.source:
+                self.close()
+                self.video = VideoWriter(str(self._video_path(frame.source)),
+                                         self._rate(frame.source))
+                self.video_source = frame.source
+            self.video.write(draw_faces_in_frame(frame.image, rows, self.au_names), frame.time)
+
+    def _video_path(self, source: Source) -> Path:
+        path = self.folder / Path(source.label).with_suffix(".mp4")
+        if path.resolve() == Path(source.path).resolve():  # never over the input itself
+            path = path.with_name(f"{path.stem}_drawn.mp4")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def _rate(self, source: Source) -> Optional[float]:
+        rate = (video_info(source.path) or {}).get("fps")
+        return min(rate, self.fps) if rate and self.fps else rate or self.fps
+
+    def close(self) -> None:
+        if self.video is not None:
+            self.video.close()
+        self.video, self.video_source = None, None
 
 
 def predict_sources(pipeline: FaceAUPipeline, sources: Sequence[Source], writer: CSVWriter,
-                    draw_dir: Optional[Path] = None, min_size: int = 1,
+                    drawings: Optional[Drawings] = None, min_size: int = 1,
                     report: Optional[Callable[[str], None]] = None,
                     progress: bool = True) -> Summary:
     """Run ``pipeline`` on every frame of ``sources`` and write its rows as they come; returns
@@ -248,7 +292,6 @@ def predict_sources(pipeline: FaceAUPipeline, sources: Sequence[Source], writer:
     bar = tqdm(total=total, unit="frame", disable=not progress, dynamic_ncols=True,
                file=sys.stderr)
     frames = {}  # the decoded frames whose rows are still to come, by (input, frame)
-    au_names = pipeline.model.au_names
 
     def say(line: str) -> None:
         with tqdm.external_write_mode(file=sys.stderr):
@@ -265,10 +308,8 @@ def predict_sources(pipeline: FaceAUPipeline, sources: Sequence[Source], writer:
 
     def finish(key, rows: List[FaceRow]) -> None:
         frame = frames.pop(key)
-        if draw_dir is not None:
-            path = _drawn_path(draw_dir, frame)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            draw_faces(frame.image, rows, au_names).save(path, quality=90)
+        if drawings is not None:
+            drawings.add(frame, rows)
         summary.frames += 1
         summary.faces += sum(row.success for row in rows)
         writer.flush()
@@ -372,7 +413,9 @@ def run(args: argparse.Namespace) -> int:
                     raise UsageError(f"--draw {args.draw}: cannot create the folder: "
                                      f"{error.strerror or error}") from None
             writer = CSVWriter(stream, model.au_names)
-            summary = predict_sources(pipeline, sources, writer, draw_dir, min_size, to_stderr,
+            drawings = None if draw_dir is None else stack.enter_context(closing(Drawings(
+                draw_dir, model.au_names, args.fps, frames=args.draw_frames)))
+            summary = predict_sources(pipeline, sources, writer, drawings, min_size, to_stderr,
                                       progress=not args.quiet and sys.stderr.isatty())
         if args.out != "-":
             record = run_record(args, pipeline, sources)

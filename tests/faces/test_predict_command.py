@@ -80,7 +80,19 @@ def test_photos_and_a_video_of_people(tmp_path, mexca_pair, photos, people_video
     x1, y1 = round(first[0]), round(first[1] + 10)
     assert np.abs(drawn[y1, x1 - 1:x1 + 2] - photo[y1, x1 - 1:x1 + 2]).max() > 60  # the box line
     assert np.abs(drawn[:photo.shape[0], :photo.shape[1]] - photo).mean() < 8
-    assert (tmp_path / "drawn" / "people" / "frame_000006.jpg").is_file()
+    # the drawn video: as many frames as the input at its times, same size, the faces marked
+    import av
+    with av.open(str(tmp_path / "drawn" / "people.mp4")) as container:
+        drawn_frames = [(f.to_ndarray(format="rgb24"), float(f.time))
+                        for f in container.decode(video=0)]
+    assert [t for _, t in drawn_frames] == pytest.approx(times, abs=1e-3)
+    assert drawn_frames[0][0].shape == frames[0].shape
+    box = [round(float(v)) for v in by_frame[(str(video), 0)][0][6:10]]
+    edge = (slice(box[1] + 5, box[3] - 5), box[0])  # the box's left edge, on the box's line
+    assert np.abs(drawn_frames[0][0][edge].astype(float) - frames[0].numpy()[edge]).mean() > 40
+    landscape = 6  # no face: the frame is the input's but for its "no face found" label
+    assert np.abs(drawn_frames[landscape][0][100:].astype(float)
+                  - frames[landscape].numpy()[100:]).mean() < 6
 
 
 def test_a_photo_without_a_face_is_a_row_with_success_0_and_status_0(tmp_path, mexca_pair):
