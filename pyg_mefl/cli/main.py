@@ -3,10 +3,11 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import predict
+from . import plot, predict
 
 COMMANDS = {
     "predict": (predict, "face images, folders and videos to AU probabilities (CSV)"),
+    "plot": (plot, "predictions CSV to pictures: AUs over time per face, faces of a photo"),
 }
 
 
