@@ -27,6 +27,7 @@ from ..faces.pipeline import FaceRow, read_source
 from ..io.media import Frame, InputError, Source, collect_sources, estimate_video_frames, video_info
 from ..pretrained.layouts import SOURCES
 from ..io.video_writer import VideoWriter
+from . import split
 from .draw import draw_faces, draw_faces_in_frame
 
 DEFAULT_MODEL = "mexca/mefarg-open-graph-au-resnet50-stage-2"  # mexca's default hub model
@@ -83,7 +84,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         default=MEXCA_DETECTOR["min_box_size"], metavar="PX",
                         help="faces whose box is narrower and lower than this are dropped "
                              "(default: %(default)s, as mexca)")
-    parser.add_argument("--batch-size", type=_positive_int, default=16, metavar="N",
+    parser.add_argument("--batch-size", type=_positive_int, default=8, metavar="N",
                         help="faces per inference batch (default: %(default)s)")
     parser.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                         help="fp32: exact to the published models (default); bf16: bfloat16 "
@@ -393,22 +394,31 @@ def package_versions() -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    """The ``predict`` command; returns the exit status."""
+    """The ``predict`` command; returns the exit status. Under ``torchrun`` each process takes
+    its share of the inputs (:mod:`~pyg_mefl.cli.split`)."""
+    rank, processes = split.world()
     try:
         device = resolve_device(args.device)
+        if processes > 1:
+            if args.out == "-":
+                raise UsageError("--out -: under torchrun the processes write one CSV file; "
+                                 "give its path")
+            device = split.join(device)
         sources, problems = collect_sources(args.inputs)
-        for problem in problems:
+        for problem in problems if rank == 0 else []:
             to_stderr(f"error: {problem}")
+        mine = split.share(sources, rank, processes)
         model = load_model(args, device)
         pipeline = build_pipeline(args, model)
         min_size = args.min_size or (32 if args.faces == "whole" else 1)
         draw_dir = Path(args.draw) if args.draw else None
+        target = split.part_path(args.out, rank) if processes > 1 else args.out
         with ExitStack() as stack:
-            if args.out == "-":
+            if target == "-":
                 stream = sys.stdout
             else:
                 try:
-                    stream = stack.enter_context(open(args.out, "w", newline=""))
+                    stream = stack.enter_context(open(target, "w", newline=""))
                 except OSError as error:
                     raise UsageError(f"--out {args.out}: cannot write: "
                                      f"{error.strerror or error}") from None
@@ -421,10 +431,17 @@ def run(args: argparse.Namespace) -> int:
             writer = CSVWriter(stream, model.au_names)
             drawings = None if draw_dir is None else stack.enter_context(closing(Drawings(
                 draw_dir, model.au_names, args.fps, frames=args.draw_frames)))
-            summary = predict_sources(pipeline, sources, writer, drawings, min_size, to_stderr,
-                                      progress=not args.quiet and sys.stderr.isatty())
-        if args.out != "-":
+            summary = predict_sources(pipeline, mine, writer, drawings, min_size, to_stderr,
+                                      progress=not args.quiet and sys.stderr.isatty()
+                                      and rank == 0)
+        frames, faces, failed = summary.frames, summary.faces, problems + summary.problems
+        if processes > 1:
+            frames, faces, failed = split.gather(frames, faces, summary.problems, problems)
+            if rank == 0:
+                split.merge(args.out, sources, processes)
+        if args.out != "-" and rank == 0:
             record = run_record(args, pipeline, sources)
+            record["processes"] = processes
             with open(args.out + ".json", "w") as stream:
                 json.dump(record, stream, indent=2)
     except UsageError as error:
@@ -437,11 +454,14 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         to_stderr("pyg_mefl predict: interrupted; the rows written so far are kept")
         return 130
-    failed = problems + summary.problems
+    finally:
+        split.leave()
+    if rank != 0:  # process 0 reports the whole run and carries its exit status
+        return 0
     destination = "standard output" if args.out == "-" else args.out
-    found = (f" with {summary.faces} face(s)" if args.faces == "detect" else "")
-    to_stderr(f"predicted {summary.frames} frame(s){found} from {len(sources)} file(s) into "
-              f"{destination}"
+    found = (f" with {faces} face(s)" if args.faces == "detect" else "")
+    to_stderr(f"predicted {frames} frame(s){found} from {len(sources)} file(s) into "
+              f"{destination}" + (f" by {processes} processes" if processes > 1 else "")
               + (f"; {len(summary.warnings)} warning(s)" if summary.warnings else ""))
     if failed:
         to_stderr(f"{len(failed)} input(s) failed:")

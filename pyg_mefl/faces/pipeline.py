@@ -78,7 +78,7 @@ class FaceAUPipeline:
     """
 
     def __init__(self, model, detector: Union[FaceDetector, None, str] = "default",
-                 crop: str = "auto", margin: float = DEFAULT_MARGIN, batch_size: int = 16,
+                 crop: str = "auto", margin: float = DEFAULT_MARGIN, batch_size: int = 8,
                  tracker: Optional[FaceTracker] = None, fps: Optional[float] = None,
                  precision: str = "fp32"):
         if getattr(model, "backbone", None) is None or getattr(model, "transform", None) is None:

@@ -116,3 +116,38 @@ def test_a_very_large_photo_is_detected(tmp_path, mexca_pair, photos):
     widths = [float(r[8]) - float(r[6]) for r in rows]
     # largest first: the group's five faces, 6x the size they have in the 1000 px photo
     assert min(widths[:5]) > 300
+
+
+def test_torchrun_processes_write_the_rows_of_one_process(tmp_path, mexca_pair, people_video):
+    """Two processes under torchrun split the inputs (file k to process k mod 2) and write one
+    CSV: the rows of a one-process run, in input order."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    inputs = [str(media(MULTI_FACE)), str(people_video[0]), str(tmp_path / "broken.png"),
+              str(media(NO_FACE))]
+    common = ["predict", "--checkpoint", str(mexca_pair[1]), "--quiet", *inputs]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    root = Path(__file__).resolve().parents[2]
+    one = subprocess.run([sys.executable, "-m", "pyg_mefl", *common, "--out",
+                          str(tmp_path / "one.csv")], capture_output=True, text=True, env=env,
+                         cwd=root, timeout=600)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node=2", "-m", "pyg_mefl"]
+    two = subprocess.run(torchrun + common + ["--out", str(tmp_path / "two.csv")],
+                         capture_output=True, text=True, env=env, cwd=root, timeout=600)
+    assert one.returncode == 1 and two.returncode != 0  # the broken file, in both runs
+    # one line when met, once more in process 0's summary (torchrun then reports the status
+    # of process 0 in its own words); no traceback of pyg_mefl's
+    assert two.stderr.count("broken.png: not an image Pillow can read") == 2
+    assert "1 input(s) failed:" in two.stderr and "pyg_mefl/cli" not in two.stderr
+    _, one_rows = _read(tmp_path / "one.csv")
+    header, two_rows = _read(tmp_path / "two.csv")
+    assert [r[:10] for r in two_rows] == [r[:10] for r in one_rows]
+    assert np.abs(np.array([r[AU:] for r in two_rows if r[5] == "1"], float)
+                  - np.array([r[AU:] for r in one_rows if r[5] == "1"], float)).max() <= 2e-6
+    assert sorted(p.name for p in tmp_path.iterdir() if "part" in p.name) == []
+    record = json.loads((tmp_path / "two.csv.json").read_text())
+    assert record["processes"] == 2
