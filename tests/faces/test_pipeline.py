@@ -146,3 +146,24 @@ def test_boxes_without_a_pixel_of_the_frame_are_dropped():
     assert torch.allclose(kept.boxes, torch.tensor(boxes[[0, 4]], dtype=torch.float32))
     frame = torch.zeros(80, 100, 3, dtype=torch.uint8)
     assert mexca_face_crops(frame, kept.boxes).shape == (2, 3, 224, 224)
+
+
+def test_exif_orientation_and_grayscale_photos_give_the_upright_faces(pipeline, photos,
+                                                                      tmp_path):
+    """A phone photo stored sideways with its EXIF orientation tag (6: rotate 90 degrees
+    clockwise to show) gives the faces of the upright photo; a grayscale copy is read as RGB."""
+    upright = photos["single"]
+    sideways = upright.transpose(Image.Transpose.ROTATE_90)  # what the sensor stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sideways.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright.save(tmp_path / "upright.jpg", quality=95)
+    upright.convert("L").save(tmp_path / "gray.jpg", quality=95)
+    rows = {name: list(pipeline(str(tmp_path / f"{name}.jpg")))
+            for name in ("phone", "upright", "gray")}
+    assert all(len(r) == 1 and r[0].success for r in rows.values())
+    for name in ("phone", "gray"):
+        assert np.abs(np.array(rows[name][0].box) - np.array(rows["upright"][0].box)).max() < 4
+    unrotated = list(pipeline(sideways))  # the same pixels without the tag: a sideways face
+    assert not unrotated[0].success or np.abs(
+        np.array(unrotated[0].box) - np.array(rows["upright"][0].box)).max() > 20
