@@ -11,9 +11,7 @@ inputs failed, 2 nothing could run (bad arguments, checkpoint or output path).
 import argparse
 import csv
 import json
-import queue
 import sys
-import threading
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ..faces import DEFAULT_MARGIN, LANDMARK_NAMES, MEXCA_DETECTOR, FaceAUPipeline, FaceDetector
-from ..faces.pipeline import FaceRow, read_source
+from ..faces.pipeline import FaceRow, ahead, read_source
 from ..io.media import Frame, InputError, Source, collect_sources, estimate_video_frames, video_info
 from ..pretrained.layouts import SOURCES
 from ..io.video_writer import VideoWriter
@@ -177,34 +175,12 @@ def prepare_for_inference(model, device: torch.device):
     return model
 
 
-def _reader(sources: Sequence[Source], fps: Optional[float], min_size: int,
-            out: "queue.Queue") -> None:
-    """Put the decoded frames and the ``InputError`` of each bad input on ``out`` in input
-    order, then ``None``."""
-    try:
-        for source in sources:
-            for item in read_source(source, fps, min_size):
-                out.put(item)
-        out.put(None)
-    except BaseException as error:  # an unexpected failure: re-raised in the main thread
-        out.put(error)
-
-
 def read_ahead(sources: Sequence[Source], fps: Optional[float], min_size: int,
                depth: int) -> Iterator:
-    """The frames and problems of ``sources``, decoded by a background thread at most ``depth``
-    items ahead."""
-    items: "queue.Queue" = queue.Queue(maxsize=depth)
-    thread = threading.Thread(target=_reader, daemon=True,
-                              args=(sources, fps, min_size, items))
-    thread.start()
-    while True:
-        item = items.get()
-        if item is None:
-            return
-        if isinstance(item, BaseException) and not isinstance(item, InputError):
-            raise item
-        yield item
+    """The frames and problems of ``sources`` in input order, decoded by a background thread at
+    most ``depth`` items ahead."""
+    return ahead((item for source in sources for item in read_source(source, fps, min_size)),
+                 depth)
 
 
 LEADING_COLUMNS = ["input", "frame", "timestamp", "face_id", "confidence", "success",

@@ -1,5 +1,7 @@
 """Photos and videos of people to AU probabilities: one row per input, frame and face."""
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from typing import Iterable, Iterator, List, Optional, Sequence, Union
 
@@ -75,12 +77,14 @@ class FaceAUPipeline:
             autocast of the backbone and the head: faster on CPUs with AMX or AVX-512-BF16 and on
             GPUs) or ``"fp16"`` (CUDA only). The detector always runs in float32, so the faces
             found do not change.
+        overlap (bool): Find and cut the faces of the next frames in a background thread while
+            the model runs (same rows either way).
     """
 
     def __init__(self, model, detector: Union[FaceDetector, None, str] = "default",
                  crop: str = "auto", margin: float = DEFAULT_MARGIN, batch_size: int = 8,
                  tracker: Optional[FaceTracker] = None, fps: Optional[float] = None,
-                 precision: str = "fp32"):
+                 precision: str = "fp32", overlap: bool = True):
         if getattr(model, "backbone", None) is None or getattr(model, "transform", None) is None:
             raise ValueError("model: expected a whole model with a backbone and a transform, "
                              "e.g. FaceAUModel.from_pretrained(...)")
@@ -102,7 +106,8 @@ class FaceAUPipeline:
         self.device, self.dtype = parameter.device, parameter.dtype
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision='fp16' runs on CUDA only; on a CPU use 'bf16'")
-        self.precision = precision
+        self.precision, self.overlap = precision, overlap
+        self._tracked: Optional[Source] = None  # the video whose faces the tracker follows
 
     def __call__(self, inputs: Union[ImageLike, Sequence[ImageLike]]) -> Iterator[FaceRow]:
         """The rows of ``inputs`` (a path to a photo, a video or a folder of them, a PIL image, an
@@ -137,26 +142,40 @@ class FaceAUPipeline:
 
     def rows_of_frames(self, frames: Iterable[Union[Frame, InputError]]
                        ) -> Iterator[Union[FaceRow, InputError]]:
-        """The rows of already decoded frames; the faces of several frames (of one size) make one
-        model batch."""
+        """The rows of already decoded frames. The faces of several frames (of one size) make
+        one model batch; with ``overlap`` a background thread finds and cuts the faces of the
+        next frames while the model runs on the faces of the last ones."""
+        prepared = map(self._prepare, self._chunks(frames))
+        if self.overlap:
+            prepared = ahead(prepared, depth=2)
+        for item in prepared:
+            if isinstance(item, InputError):
+                yield item
+                continue
+            chunk, found, crops = item
+            yield from self._emit(chunk, found, self._probabilities(crops))
+
+    def _chunks(self, frames: Iterable[Union[Frame, InputError]]
+                ) -> Iterator[Union[List[Frame], InputError]]:
+        """Runs of consecutive frames of one size and one video (or of photos), at most
+        :meth:`_chunk` long; problems in their place."""
         pending: List[Frame] = []
-        source = None
         for item in frames:
             if isinstance(item, InputError):
-                yield from self._predict(pending)
+                if pending:
+                    yield pending
                 pending = []
                 yield item
                 continue
             if pending and (pending[0].image.size != item.image.size
                             or len(pending) >= self._chunk()
-                            or (item.source is not source and item.source.kind == "video")):
-                yield from self._predict(pending)
+                            or (item.source is not pending[-1].source
+                                and item.source.kind == "video")):
+                yield pending
                 pending = []
-            if item.source is not source and item.source.kind == "video":
-                self.tracker.reset()
-            source = item.source
             pending.append(item)
-        yield from self._predict(pending)
+        if pending:
+            yield pending
 
     def _chunk(self) -> int:
         """Frames taken together: the detector's batches, and the faces of all of them share
@@ -165,17 +184,21 @@ class FaceAUPipeline:
             return self.batch_size
         return max(self.detector.batch_frames, FRAMES_TOGETHER)
 
-    def _predict(self, frames: List[Frame]) -> Iterator[FaceRow]:
-        if not frames:
-            return
+    def _prepare(self, chunk):
+        """``(frames, faces found, model inputs)`` of a chunk of frames (a problem as it is)."""
+        if isinstance(chunk, InputError):
+            return chunk
         if self.detector is None:
-            found = [None] * len(frames)
-            crops = torch.stack([self.model.transform(frame.image) for frame in frames])
-        else:
-            tensors = [frame_tensor(frame.image) for frame in frames]
-            found = self.detector.detect(torch.stack(tensors))
-            crops = self._crops(frames, tensors, found)
-        probs = self._probabilities(crops)
+            crops = torch.stack([self.model.transform(frame.image) for frame in chunk])
+            return chunk, [None] * len(chunk), crops
+        tensors = [frame_tensor(frame.image) for frame in chunk]
+        found = self.detector.detect(torch.stack(tensors))
+        return chunk, found, self._crops(chunk, tensors, found)
+
+    def _emit(self, frames: List[Frame], found: List[Optional[FrameFaces]],
+              probs: List[List[float]]) -> Iterator[FaceRow]:
+        """The rows of ``frames``; face ids through a video from the tracker, reset at each new
+        video."""
         offset = 0
         for frame, faces in zip(frames, found):
             time = 0.0 if frame.time is None else float(frame.time)
@@ -186,13 +209,14 @@ class FaceAUPipeline:
                               box=[0.0, 0.0, float(width), float(height)], probs=probs[offset])
                 offset += 1
                 continue
+            ids = list(range(len(faces)))
+            if frame.source.kind == "video":
+                if frame.source is not self._tracked:
+                    self.tracker.reset()
+                    self._tracked = frame.source
+                ids = self.tracker.update(faces.boxes, time)
             if len(faces) == 0:
-                if frame.source.kind == "video":
-                    self.tracker.update(faces.boxes, time)
                 yield FaceRow(**base)
-                continue
-            ids = (self.tracker.update(faces.boxes, time) if frame.source.kind == "video"
-                   else list(range(len(faces))))
             for k in range(len(faces)):
                 yield FaceRow(**base, face_id=ids[k], confidence=float(faces.scores[k]),
                               success=True, box=faces.boxes[k].tolist(),
@@ -226,6 +250,30 @@ class FaceAUPipeline:
                 probs = self.model.predict(batch)
             out.extend(probs.float().cpu().tolist())
         return out
+
+
+def ahead(items: Iterable, depth: int) -> Iterator:
+    """``items``, computed by a background thread at most ``depth`` ahead of the consumer; an
+    exception in the thread is raised in the consumer."""
+    box: "queue.Queue" = queue.Queue(maxsize=depth)
+    done = object()
+
+    def produce():
+        try:
+            for item in items:
+                box.put((item, None))
+        except BaseException as error:  # re-raised where the items are consumed
+            box.put((None, error))
+        box.put((done, None))
+
+    threading.Thread(target=produce, daemon=True).start()
+    while True:
+        item, error = box.get()
+        if error is not None:
+            raise error
+        if item is done:
+            return
+        yield item
 
 
 def read_source(source: Source, fps: Optional[float] = None, min_size: int = 1
