@@ -77,14 +77,16 @@ class FaceAUPipeline:
             autocast of the backbone and the head: faster on CPUs with AMX or AVX-512-BF16 and on
             GPUs) or ``"fp16"`` (CUDA only). The detector always runs in float32, so the faces
             found do not change.
-        overlap (bool): Find and cut the faces of the next frames in a background thread while
-            the model runs (same rows either way).
+        overlap (bool, optional): Find and cut the faces of the next frames in a background
+            thread while the model runs (same rows either way). Default: on for a model on a GPU,
+            off on a CPU, where the stages compete for the same cores (no gain on 2 cores, 160 MB
+            more peak memory: ``benchmarks/README.md``).
     """
 
     def __init__(self, model, detector: Union[FaceDetector, None, str] = "default",
                  crop: str = "auto", margin: float = DEFAULT_MARGIN, batch_size: int = 8,
                  tracker: Optional[FaceTracker] = None, fps: Optional[float] = None,
-                 precision: str = "fp32", overlap: bool = True):
+                 precision: str = "fp32", overlap: Optional[bool] = None):
         if getattr(model, "backbone", None) is None or getattr(model, "transform", None) is None:
             raise ValueError("model: expected a whole model with a backbone and a transform, "
                              "e.g. FaceAUModel.from_pretrained(...)")
@@ -106,7 +108,8 @@ class FaceAUPipeline:
         self.device, self.dtype = parameter.device, parameter.dtype
         if precision == "fp16" and self.device.type != "cuda":
             raise ValueError("precision='fp16' runs on CUDA only; on a CPU use 'bf16'")
-        self.precision, self.overlap = precision, overlap
+        self.precision = precision
+        self.overlap = self.device.type == "cuda" if overlap is None else bool(overlap)
         self._tracked: Optional[Source] = None  # the video whose faces the tracker follows
 
     def __call__(self, inputs: Union[ImageLike, Sequence[ImageLike]]) -> Iterator[FaceRow]:
