@@ -6,6 +6,7 @@ AUs. ``build`` gives a model of either implementation ("dense": ``tests/dense_re
 ``gnn_layer_step`` one GatedGNNLayer on a complete, random or CSR-sorted AU graph.
 """
 import math
+from collections import Counter
 
 TOKENS, CHANNELS = 49, 512
 
@@ -81,7 +82,7 @@ PRODUCTS = ("aten.mm", "aten.addmm", "aten.addmm_", "aten.bmm", "aten.baddbmm", 
 ``addmm_``/``baddbmm_``, which pyg_mefl's inference and backward passes use)."""
 
 
-def matrix_products(step) -> "collections.Counter":
+def matrix_products(step) -> Counter:
     """``(shape_a, shape_b, stride_a, stride_b) -> count`` of the matrix products one call of
     ``step`` dispatches (``a @ b``, in any of their out-of-place, ``out=`` or in-place forms)."""
     import collections

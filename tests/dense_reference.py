@@ -62,7 +62,8 @@ class DenseCrossAttention(nn.Module):
 
 
 class DenseGEM(nn.Module):
-    """Graph edge model: FAM, ARM over all N^2 slots, projection, BatchNorm2d(N*N) (SPEC section 4)."""
+    """Graph edge model: FAM, ARM over all N^2 slots, projection, BatchNorm2d(N*N) (SPEC
+    section 4)."""
 
     def __init__(self, in_channels, num_nodes):
         super().__init__()
@@ -86,7 +87,8 @@ class DenseGEM(nn.Module):
 
 
 def incidence_matrices(num_nodes):
-    """Dense one-hot ``start, end`` of shape ``[N*N, N]``: ``start[i*N+j, j] = end[i*N+j, i] = 1``."""
+    """Dense one-hot ``start, end`` of shape ``[N*N, N]``:
+    ``start[i*N+j, j] = end[i*N+j, i] = 1``."""
     eye = torch.eye(num_nodes)
     start = eye.repeat(num_nodes, 1)
     end = eye.repeat_interleave(num_nodes, dim=0)
@@ -118,7 +120,8 @@ class DenseGatedGNNLayer(nn.Module):
         self.register_buffer("end", end, persistent=False)
 
     def update_edges(self, v, e):
-        """``ê = e + ReLU(bne(A v_target + B v_source + E e))``; ``v [B, N, C]``, ``e [B, N*N, C]``."""
+        """``ê = e + ReLU(bne(A v_target + B v_source + E e))``; ``v [B, N, C]``,
+        ``e [B, N*N, C]``."""
         message = (torch.einsum("ev,bvc->bec", self.end, self.linear_a(v))
                    + torch.einsum("ev,bvc->bec", self.start, self.linear_b(v))
                    + self.linear_e(e))
@@ -135,7 +138,8 @@ class DenseGatedGNNLayer(nn.Module):
         e_hat = self.update_edges(v, e)
         gate = self.edge_gate(e_hat)
         source_values = torch.einsum("ev,bvc->bec", self.start, self.linear_v(v))
-        aggregated = torch.einsum("ve,bec->bvc", self.end.t(), gate * source_values) / self.num_nodes
+        aggregated = torch.einsum("ve,bec->bvc", self.end.t(),
+                                  gate * source_values) / self.num_nodes
         v_update = self.bnv(self.linear_u(v) + aggregated)
         if self.residual == "post":
             v_new = v + F.relu(v_update)
@@ -165,7 +169,8 @@ def _cosine_to_prototype(node_features, prototypes):
 
 
 class DenseMEFL(nn.Module):
-    """Full MEFL head (AFG, GEM, gated GNN, SC heads, optional edge head), mexca naming (SPEC sections 2-6)."""
+    """Full MEFL head (AFG, GEM, gated GNN, SC heads, optional edge head), mexca naming (SPEC
+    sections 2-6)."""
 
     def __init__(self, in_channels, num_main_aus=27, num_sub_aus=14, residual="post",
                  edge_head=False, num_layers=2):
@@ -206,7 +211,8 @@ class DenseMEFL(nn.Module):
         probs = _cosine_to_prototype(node_attr, self.main_sc.unsqueeze(0))
         if self.num_sub_aus:
             sub_nodes = node_attr[:, list(SUB_AU_MAIN_INDEX)].repeat_interleave(2, dim=1)
-            probs = torch.cat([probs, _cosine_to_prototype(sub_nodes, self.sub_sc.unsqueeze(0))], dim=-1)
+            sub_probs = _cosine_to_prototype(sub_nodes, self.sub_sc.unsqueeze(0))
+            probs = torch.cat([probs, sub_probs], dim=-1)
         edge_logits = self.edge_fc(edge_attr) if self.edge_fc is not None else None
         return {"probs": probs, "gem_edge_attr": gem_edge_attr, "edge_attr": edge_attr,
                 "node_attr": node_attr, "edge_logits": edge_logits}

@@ -81,7 +81,8 @@ def test_sub_au_scores_use_published_main_index():
     v, probs = out["node_attr"], out["probs"]
     for k, m in enumerate(SUB_AU_MAIN_INDEX):
         for t in (2 * k, 2 * k + 1):
-            expected = F.cosine_similarity(v[:, m], torch.relu(model.sub_sc[t]).expand_as(v[:, m]), dim=-1)
+            prototype = torch.relu(model.sub_sc[t]).expand_as(v[:, m])
+            expected = F.cosine_similarity(v[:, m], prototype, dim=-1)
             torch.testing.assert_close(probs[:, 27 + t], expected, rtol=1e-5, atol=1e-6)
     main = F.cosine_similarity(v, torch.relu(model.main_sc).unsqueeze(0).expand_as(v), dim=-1)
     torch.testing.assert_close(probs[:, :27], main, rtol=1e-5, atol=1e-6)
@@ -90,7 +91,8 @@ def test_sub_au_scores_use_published_main_index():
 def test_gate_is_softmax_over_sources():
     N = 4
     layer = DenseGatedGNNLayer(C, N)
-    gate = layer.edge_gate(3 * torch.randn(B, N * N, C)).view(B, N, N, C)  # [b, target i, source j, c]
+    # [b, target i, source j, c]
+    gate = layer.edge_gate(3 * torch.randn(B, N * N, C)).view(B, N, N, C)
     torch.testing.assert_close(gate.sum(dim=2), torch.ones(B, N, C))
     assert not torch.allclose(gate.sum(dim=1), torch.ones(B, N, C))
 
@@ -125,7 +127,8 @@ def test_gem_batchnorm_is_per_slot():
     assert pre.mean(dim=1).std() > 1e-3  # slots really differ
     post = out.transpose(0, 1).reshape(N * N, -1)
     torch.testing.assert_close(post.mean(dim=1), gem.bn.bias, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(post.var(dim=1, unbiased=False), gem.bn.weight ** 2, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(post.var(dim=1, unbiased=False), gem.bn.weight ** 2, rtol=1e-3,
+                               atol=1e-4)
     torch.testing.assert_close(gem.bn.running_mean, 0.1 * pre.mean(dim=1), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(gem.bn.running_var, 0.9 + 0.1 * pre.var(dim=1, unbiased=True),
                                rtol=1e-5, atol=1e-6)
@@ -145,14 +148,16 @@ def test_gnn_layer_matches_loop(residual):
             logits = []
             for j in range(N):
                 s = i * N + j
-                msg = lin(layer.linear_a, v[:, i]) + lin(layer.linear_b, v[:, j]) + lin(layer.linear_e, e[:, s])
+                msg = (lin(layer.linear_a, v[:, i]) + lin(layer.linear_b, v[:, j])
+                       + lin(layer.linear_e, e[:, s]))
                 expected_e = e[:, s] + torch.relu(_eval_bn(msg, layer.bne, s))
                 torch.testing.assert_close(e_hat[:, s], expected_e, rtol=1e-5, atol=1e-5)
                 logits.append(torch.sigmoid(expected_e))
             eta = torch.softmax(torch.stack(logits), dim=0)  # over sources j
             agg = sum(eta[j] * lin(layer.linear_v, v[:, j]) for j in range(N)) / N
             update = _eval_bn(lin(layer.linear_u, v[:, i]) + agg, layer.bnv, i)
-            expected_v = v[:, i] + torch.relu(update) if residual == "post" else torch.relu(v[:, i] + update)
+            expected_v = (v[:, i] + torch.relu(update) if residual == "post"
+                          else torch.relu(v[:, i] + update))
             torch.testing.assert_close(v_new[:, i], expected_v, rtol=1e-5, atol=1e-5)
 
 
@@ -167,7 +172,8 @@ def test_layouts_key_names():
     backbone = {"backbone.conv1.weight": torch.zeros(2, 3)}
 
     mexca = to_layout(sd, "mexca", whole_model=True, global_linear=global_linear, backbone=backbone)
-    ogau = to_layout(sd, "opengraphau", whole_model=True, global_linear=global_linear, backbone=backbone)
+    ogau = to_layout(sd, "opengraphau", whole_model=True, global_linear=global_linear,
+                     backbone=backbone)
     expected_mexca = {
         "linear_global.fc.weight": (C, C), "linear_global.bn.running_mean": (C,),
         "head.main_node_linear_layers.26.bn.num_batches_tracked": (),
@@ -198,8 +204,8 @@ def test_layouts_key_names():
 
     me_sd = DenseMEFL(C, N, 0, residual="pre", edge_head=True).state_dict()
     me = to_layout(me_sd, "me-graphau", whole_model=True, global_linear=global_linear)
-    gnn_keys = {f"head.gnn.{m}{l}.weight" for m in "UVABE" for l in (1, 2)}
-    gnn_keys |= {f"head.gnn.{bn}{l}.{p}" for bn in ("bnv", "bne") for l in (1, 2)
+    gnn_keys = {f"head.gnn.{m}{layer}.weight" for m in "UVABE" for layer in (1, 2)}
+    gnn_keys |= {f"head.gnn.{bn}{layer}.{p}" for bn in ("bnv", "bne") for layer in (1, 2)
                  for p in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")}
     assert {k for k in me if k.startswith("head.gnn.")} == gnn_keys
     assert tuple(me["head.gnn.bne2.running_var"].shape) == (N * N,)

@@ -26,7 +26,8 @@ def default_au_names(num_main_aus: int, num_sub_aus: int = 0) -> List[str]:
     """Names in output order: the published lists for 27, 12 and 8 main AUs and the 14 sub AUs,
     ``"AU#k"`` placeholders otherwise."""
     main = _DEFAULT_MAIN.get(num_main_aus, tuple(f"AU#{k}" for k in range(num_main_aus)))
-    sub = OPENGRAPHAU_SUB_AUS if num_sub_aus == 14 else tuple(f"sub#{k}" for k in range(num_sub_aus))
+    sub = (OPENGRAPHAU_SUB_AUS if num_sub_aus == 14
+           else tuple(f"sub#{k}" for k in range(num_sub_aus)))
     return list(main) + list(sub)
 
 
@@ -35,7 +36,8 @@ def check_au_names(au_names: Optional[Sequence[str]], expected: int) -> Optional
         return None
     names = list(au_names)
     if len(names) != expected:
-        raise ValueError(f"au_names: expected {expected} names (main then sub AUs), got {len(names)}")
+        raise ValueError(f"au_names: expected {expected} names (main then sub AUs), got "
+                         f"{len(names)}")
     if len(set(names)) != len(names):
         raise ValueError(f"au_names: names must be unique, got {names}")
     return names

@@ -58,9 +58,10 @@ class GraphLayout(NamedTuple):
             return cls()
         first = layouts[0]
         return cls(
-            first.nodes_per_graph if all(l.nodes_per_graph == first.nodes_per_graph
-                                         for l in layouts) else None,
-            first.in_degree if all(l.in_degree == first.in_degree for l in layouts) else None,
+            first.nodes_per_graph if all(other.nodes_per_graph == first.nodes_per_graph
+                                         for other in layouts) else None,
+            first.in_degree if all(other.in_degree == first.in_degree
+                                   for other in layouts) else None,
             all(layout.within_graphs for layout in layouts),
             first.nodes_per_graph is not None and all(
                 layout.complete and layout.nodes_per_graph == first.nodes_per_graph

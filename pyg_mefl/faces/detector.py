@@ -1,4 +1,5 @@
-"""Face detection on RGB frames with facenet-pytorch's MTCNN, set as mexca's face pipeline sets it."""
+"""Face detection on RGB frames with facenet-pytorch's MTCNN, set as mexca's face pipeline sets
+it."""
 from dataclasses import dataclass
 from typing import Dict, List, Sequence
 
@@ -80,7 +81,8 @@ class FaceDetector:
         except ImportError as error:
             raise ModuleNotFoundError("face detection needs facenet-pytorch: pip install "
                                       "pyg_mefl[faces]", name="facenet_pytorch") from error
-        self.min_face_size, self.thresholds = int(min_face_size), tuple(float(t) for t in thresholds)
+        self.min_face_size = int(min_face_size)
+        self.thresholds = tuple(float(t) for t in thresholds)
         self.factor, self.min_box_size = float(factor), float(min_box_size)
         self.device, self.batch_frames = torch.device(device), int(batch_frames)
         # image_size, post_process, select_largest and keep_all as mexca sets them: only detect()

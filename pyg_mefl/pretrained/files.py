@@ -10,10 +10,10 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 from torch import Tensor
 
+from .layouts import HEAD_PREFIX, LAYOUTS, check_source, detect_source
+
 HUB_CONFIG = "config.json"
 HUB_WEIGHTS = ("model.safetensors", "pytorch_model.bin")  # PyTorchModelHubMixin, new and old
-
-from .layouts import HEAD_PREFIX, LAYOUTS, check_source, detect_source
 
 
 @dataclass

@@ -82,8 +82,9 @@ class StandardizeChannels(BaseTransform):
     def load_state_dict(self, state: Dict[str, Tensor]) -> "StandardizeChannels":
         """Restores what :meth:`state_dict` returned."""
         if not isinstance(state, dict) or set(state) != {"mean", "std"}:
+            found = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise KeyError(f"StandardizeChannels.load_state_dict: expected the keys "
-                           f"['mean', 'std'], got {sorted(state) if isinstance(state, dict) else type(state).__name__}")
+                           f"['mean', 'std'], got {found}")
         mean, std = state["mean"], state["std"]
         if not isinstance(mean, Tensor) or mean.dim() != 1 or not isinstance(std, Tensor) \
                 or std.shape != mean.shape or not bool((std > 0).all()):

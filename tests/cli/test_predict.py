@@ -161,7 +161,8 @@ def test_bad_inputs_are_listed_and_the_good_ones_still_written(tmp_path, model_f
     (tmp_path / "blank.mp4").write_bytes(b"\0" * 2048)
     out = tmp_path / "preds.csv"
     status = main(["predict", "--checkpoint", str(checkpoint), "--out", str(out), "--quiet",
-                   "--faces", "whole", str(faces), str(tmp_path / "empty"), str(tmp_path / "blank.mp4"),
+                   "--faces", "whole", str(faces), str(tmp_path / "empty"),
+                   str(tmp_path / "blank.mp4"),
                    str(tmp_path / "missing.png")])
     assert status == 1
     header, rows = _read_csv(out)
@@ -279,7 +280,8 @@ def test_mexca_directory_with_its_preprocessing_and_drawn_video_frames(tmp_path,
     video = write_video(tmp_path / "clip.mp4", num_frames=6, rate=10, size=(72, 56))
     out = tmp_path / "preds.csv"
     status = main(["predict", "--checkpoint", str(model_dir), "--out", str(out), "--fps", "5",
-                   "--faces", "whole", "--draw-frames", "--draw", str(tmp_path / "drawn"), "--quiet", str(faces / "b.png"), str(video)])
+                   "--faces", "whole", "--draw-frames", "--draw", str(tmp_path / "drawn"),
+                   "--quiet", str(faces / "b.png"), str(video)])
     assert status == 0
     _, rows = _read_csv(out)
     assert [r[:2] for r in rows] == [[str(faces / "b.png"), "0"], [str(video), "0"],

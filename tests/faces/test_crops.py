@@ -3,7 +3,6 @@ the similarity transform against a known one; aligned crops put the landmarks on
 import math
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 

@@ -132,7 +132,8 @@ def test_bad_inputs(mexca_model, tmp_path):
 
 def test_empty_crop_box_is_a_value_error():
     with pytest.raises(ValueError, match="no pixel"):
-        mexca_face_crops(torch.zeros(10, 10, 3, dtype=torch.uint8), torch.tensor([[12.0, 0, 20, 5]]))
+        mexca_face_crops(torch.zeros(10, 10, 3, dtype=torch.uint8),
+                         torch.tensor([[12.0, 0, 20, 5]]))
     assert FrameFaces.empty().boxes.shape == (0, 4)
 
 

@@ -98,7 +98,8 @@ def test_swin_buffers_are_checked_not_dropped(swin_tiny):
     with pytest.raises(ValueError, match=r"key 'layers.1.blocks.1.attn_mask' in the file: "
                                          r"differs from the swin_tiny buffer"):
         swin_to_native(tampered, "swin_tiny", buffers, expected, "file")
-    missing = {k: v for k, v in state.items() if k != "layers.2.blocks.4.attn.relative_position_index"}
+    missing = {k: v for k, v in state.items()
+               if k != "layers.2.blocks.4.attn.relative_position_index"}
     with pytest.raises(KeyError, match="missing key 'layers.2.blocks.4.attn.relative_position_"):
         swin_to_native(missing, "swin_tiny", buffers, expected, "file")
     extra = dict(state, **{"layers.3.blocks.1.attn_mask": torch.zeros(1, 49, 49)})

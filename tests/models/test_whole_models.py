@@ -144,7 +144,8 @@ def _save(state, tmp_path, name="model.pth"):
 def test_convert_to_mexca_and_back(opengraphau_r18, tmp_path):
     model = FaceAUModel.from_pretrained(opengraphau_r18)
     mexca = model.to_published_state_dict("mexca")
-    assert "linear_global.fc.weight" in mexca and "head.main_node_linear_layers.0.fc.weight" in mexca
+    assert "linear_global.fc.weight" in mexca
+    assert "head.main_node_linear_layers.0.fc.weight" in mexca
     save_hub_directory(mexca, tmp_path / "hub")
     again = FaceAUModel.from_pretrained(tmp_path / "hub")
     assert again.source == "mexca"

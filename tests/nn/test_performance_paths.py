@@ -698,4 +698,5 @@ def test_gated_run_messages_match_the_stored_formulation(complete):
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     for got, want in zip(_grads(out, (logits, x)), _grads(expected, (logits, x))):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    assert torch.autograd.gradcheck(lambda l, v: gated_run_messages(l, v, given, k), (logits, x))
+    assert torch.autograd.gradcheck(
+        lambda scores, values: gated_run_messages(scores, values, given, k), (logits, x))
