@@ -6,7 +6,8 @@ from typing import Optional, Sequence
 from . import plot, predict
 
 COMMANDS = {
-    "predict": (predict, "face images, folders and videos to AU probabilities (CSV)"),
+    "predict": (predict, "photos and videos of people to AU probabilities, a CSV row per "
+                         "frame and face"),
     "plot": (plot, "predictions CSV to pictures: AUs over time per face, faces of a photo"),
 }
 

@@ -74,7 +74,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(default: %(default)s)")
     parser.add_argument("--margin", type=_non_negative_float, default=DEFAULT_MARGIN,
                         metavar="F", help="margin of square and aligned crops, as a fraction of "
-                                          "the box's longer side (default: 256/224 - 1)")
+                                          "the box's longer side (default: %(default)s)")
     parser.add_argument("--min-face-size", type=_positive_int,
                         default=MEXCA_DETECTOR["min_face_size"], metavar="PX",
                         help="smallest face the detector looks for (default: %(default)s)")
