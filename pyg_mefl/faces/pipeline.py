@@ -70,8 +70,9 @@ class FaceAUPipeline:
             ``"square"`` or ``"aligned"`` (see :mod:`~pyg_mefl.faces.crops`).
         margin (float): The square and aligned crops' margin around the box.
         batch_size (int): Faces per model batch; the faces of several frames share a batch.
-        tracker (FaceTracker, optional): Keeps face ids through a video (default settings if
-            :obj:`None`); reset at each new video.
+        tracker (FaceTracker, optional): Keeps face ids through a video; reset at each new
+            video. Default: IoU 0.3, and a track waits 1 s for its face, or two sampled frames
+            when ``fps`` samples fewer than 2 frames a second.
         fps (float, optional): Frames per second sampled from videos (default: every frame).
         precision (str): ``"fp32"`` (exact to the published models), ``"bf16"`` (bfloat16
             autocast of the backbone and the head: faster on CPUs with AMX or AVX-512-BF16 and on
@@ -103,7 +104,8 @@ class FaceAUPipeline:
         self.detector = FaceDetector() if detector == "default" else detector
         self.crop = ("mexca" if model.source == "mexca" else "square") if crop == "auto" else crop
         self.margin, self.batch_size, self.fps = float(margin), int(batch_size), fps
-        self.tracker = tracker or FaceTracker()
+        # a track waits for its face at least two sampled frames
+        self.tracker = tracker or FaceTracker(max_gap=max(1.0, 2.0 / fps) if fps else 1.0)
         parameter = next(model.parameters())
         self.device, self.dtype = parameter.device, parameter.dtype
         if precision == "fp16" and self.device.type != "cuda":

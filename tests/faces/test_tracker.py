@@ -64,3 +64,10 @@ def test_one_track_goes_to_the_face_that_overlaps_it_most():
 def test_bad_settings_are_value_errors(kwargs):
     with pytest.raises(ValueError):
         FaceTracker(**kwargs)
+
+
+def test_pipeline_tracker_waits_two_sampled_frames_at_low_fps(mexca_model):
+    from pyg_mefl.faces import FaceAUPipeline
+    assert FaceAUPipeline(mexca_model, detector=None).tracker.max_gap == 1.0
+    assert FaceAUPipeline(mexca_model, detector=None, fps=5).tracker.max_gap == 1.0
+    assert FaceAUPipeline(mexca_model, detector=None, fps=0.5).tracker.max_gap == 4.0
