@@ -384,6 +384,8 @@ def run(args: argparse.Namespace) -> int:
         for problem in problems if rank == 0 else []:
             to_stderr(f"error: {problem}")
         mine = split.share(sources, rank, processes)
+        if args.out != "-" and not Path(args.out).resolve().parent.is_dir():  # before the model
+            raise UsageError(f"--out {args.out}: cannot write: its folder does not exist")
         model = load_model(args, device)
         pipeline = build_pipeline(args, model)
         min_size = args.min_size or (32 if args.faces == "whole" else 1)
