@@ -64,16 +64,16 @@ def _with_panel(image: Image.Image, lines, threshold: float, font) -> Image.Imag
     (``bar`` a probability drawn as a bar under the text, or None)."""
     font_size = font.size
     line = round(font_size * 1.7)
+    header = f"active AUs (p >= {threshold:g})"
     measure = ImageDraw.Draw(image)
-    panel = round(max(measure.textlength(text, font=font) for text, _, _ in lines)
-                  + 2 * font_size)
+    panel = round(max(measure.textlength(text, font=font) for text in
+                      [header] + [text for text, _, _ in lines]) + 2 * font_size)
     canvas = Image.new("RGB", (image.width + panel, max(image.height, line * (len(lines) + 1))),
                        (24, 24, 24))
     canvas.paste(image, (0, 0))
     draw = ImageDraw.Draw(canvas)
     left = image.width + font_size
-    draw.text((left, line // 4), f"active AUs (p >= {threshold:g})", font=font,
-              fill=(200, 200, 200))
+    draw.text((left, line // 4), header, font=font, fill=(200, 200, 200))
     for row, (text, colour, bar) in enumerate(lines, start=1):
         top = row * line
         if bar is not None:

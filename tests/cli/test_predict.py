@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from media_files import face_like, truncate, write_video
 from dense_reference import DenseLinearBlock, DenseMEFL, to_layout, wrap
@@ -300,3 +300,15 @@ def test_mexca_directory_with_its_preprocessing_and_drawn_video_frames(tmp_path,
     drawn = sorted(str(p.relative_to(drawn_dir)) for p in drawn_dir.rglob("*.jpg"))
     assert drawn == ["b.jpg", "clip/frame_000000.jpg", "clip/frame_000002.jpg",
                      "clip/frame_000004.jpg"]
+
+
+def test_the_panel_is_wide_enough_for_its_header():
+    from PIL import ImageFont
+    from pyg_mefl.cli.draw import draw_faces
+    image = Image.new("RGB", (640, 480), (40, 90, 160))
+    drawn = draw_faces(image, [], ["AU1"])  # no face: the panel says so under its header
+    font = ImageFont.load_default(size=max(12, min(drawn.height // 32, 28)))
+    header = ImageDraw.Draw(drawn).textlength("active AUs (p >= 0.5)", font=font)
+    assert drawn.width - image.width >= header + font.size
+    panel = np.asarray(drawn)[:, image.width:]
+    assert (panel[:, -3:] == 24).all()  # a margin right of the longest text stays background
