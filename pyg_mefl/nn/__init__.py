@@ -1,6 +1,6 @@
 """The layers: cross-attention, per-slot norm, linear blocks, the graph edge model, the gated
-GNN and the MEFL head, the facial kNN graph and the stage-1 ANFL head, with the fused per-edge
-kernels they use (:mod:`.ops`)."""
+GNN and the MEFL head, the facial kNN graph and the stage-1 ANFL head. Their fast paths and
+kernels live in :mod:`.fused`."""
 from .anfl import ANFL, ANFLLayer
 from .attention import CrossAttention
 from .blocks import AUFeatureBlocks, LinearBlock
@@ -9,7 +9,7 @@ from .gem import GraphEdgeModel
 from .gnn import GatedGNN, GatedGNNLayer
 from .mefl import MEFL, MEFLOutput
 from .norm import SlotBatchNorm
-from .ops import gather_matmul
+from .fused.ops import gather_matmul
 from .sync_norm import SyncedBatchNorm
 
 __all__ = ["ANFL", "ANFLLayer", "AUFeatureBlocks", "CrossAttention", "GatedGNN", "GatedGNNLayer",

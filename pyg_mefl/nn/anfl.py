@@ -9,6 +9,7 @@ from torch.nn import Linear, Module
 from torch_geometric.data import Data
 from torch_geometric.nn.conv import MessagePassing
 
+from ..data.graph import GraphLayout
 from ..utils.checks import check_edge_index
 from .blocks import AUFeatureBlocks
 from .facial_graph import METRICS, au_knn_graph
@@ -160,7 +161,10 @@ class ANFL(Module):
         num_faces = tokens.size(0)
         if num_faces == 0:  # e.g. a video frame without a face
             return tokens.new_zeros(0, self.num_main_aus + self.num_sub_aus)
-        node_x = self.afg(tokens, au_id, batch, every_au=isinstance(x, Tensor)).mean(dim=1)
+        # a tensor: every face holds every AU in order
+        layout = GraphLayout(self.num_main_aus, ids_in_order=True) if isinstance(x, Tensor) \
+            else None
+        node_x = self.afg(tokens, au_id, batch, layout).mean(dim=1)
         if isinstance(x, Tensor):  # every face holds all AUs: no batch vector to check
             edge_index, edge_weight = au_knn_graph(node_x.view(num_faces, self.num_main_aus, -1),
                                                    self.neighbor_num, metric=self.metric)

@@ -6,7 +6,9 @@ import torch
 from torch import Tensor
 from torch.nn import BatchNorm1d, Dropout, Linear, Module, Parameter
 
-from .activation import relu
+from ..data.graph import GraphLayout
+from . import fused
+from .fused import blocks as fused_blocks
 from .norm import SlotBatchNorm
 
 
@@ -62,7 +64,9 @@ class AUFeatureBlocks(Module):
     Shapes:
         - **input:** tokens :math:`(G, D, C)`, ``au_id`` :math:`(N_{nodes})`,
           ``batch`` :math:`(N_{nodes})`
-        - **output:** :math:`(N_{nodes}, D, C)`, or :math:`(G, A, D, C)` with ``by_face``
+          (optionally ``layout``, :class:`~pyg_mefl.data.GraphLayout`: with ``ids_in_order``
+          the AU blocks of every face run as one product, :mod:`pyg_mefl.nn.fused`)
+        - **output:** :math:`(N_{nodes}, D, C)`
     """
 
     def __init__(self, num_aus: int, in_channels: int, dropout: float = 0.0):
@@ -81,44 +85,16 @@ class AUFeatureBlocks(Module):
         torch.nn.init.uniform_(self.bias, -bound, bound)
         self.norm.reset_parameters()
 
-    def forward(self, tokens: Tensor, au_id: Tensor, batch: Tensor, every_au: bool = False,
-                by_face: bool = False) -> Tensor:
-        r"""
-        Args:
-            every_au (bool): Every face holds every AU of the vocabulary in order (node
-                :math:`b A + a`), as for a tokens tensor: the nodes' rows are then a transpose
-                of the product's, and no index gather is needed. (default: :obj:`False`)
-            by_face (bool): With ``every_au``, return the nodes as ``[G, A, D, C]`` (face, AU,
-                token, channel), a strided view of the product instead of a copy in node rows.
-                (default: :obj:`False`)
-        """
-        if by_face and not every_au:
-            raise ValueError("AUFeatureBlocks: by_face=True needs every_au=True")
-        num_faces, num_tokens, channels = tokens.shape
-        # Every AU's block on every face in one product (the stacked [A, C, C] weight read in
-        # place as the transposed operand); nodes then pick their (face, AU) rows.
-        rows, weight = self.dropout(tokens).reshape(-1, channels), self.weight.view(-1, channels)
-        inference = (not self.training and self.norm.track_running_stats
-                     and not torch.is_grad_enabled())
-        if inference:  # (X W^T + b) s + t = X W^T s + (b s + t): the bias joins the norm's fixed
-            # per-(AU, channel) affine, applied in place in one pass, then the ReLU
-            scale, shift = self.norm.inference_affine()
-            out = torch.mm(rows, weight.t()).view(num_faces, num_tokens, self.num_aus, channels)
-            torch.addcmul(torch.addcmul(shift, self.bias, scale), out, scale, out=out).relu_()
-        else:
-            out = torch.addmm(self.bias.view(-1), rows, weight.t())
-            out = out.view(num_faces, num_tokens, self.num_aus, channels)
-        if not every_au:
-            out = out[batch, :, au_id]
-            return out if inference else torch.relu_(self.norm(out, au_id))
-        if self.training:  # rows (face, token) cycle through the AUs: fused norm (a ReLU out
-            # of place: in place on the norm's view, autograd would copy the gradient around it;
-            # and one whose gradient compiled code takes from its output, not a stored mask)
-            out = relu(self.norm.cyclic(out.view(-1, self.num_aus, channels))).view_as(out)
-        out = out.transpose(1, 2)                                           # [G, A, D, C]
-        if not (inference or self.training):  # the norm module on the node rows
-            out = torch.relu_(self.norm(out.reshape(-1, num_tokens, channels), au_id)).view_as(out)
-        return out if by_face else out.reshape(-1, num_tokens, channels)
+    def forward(self, tokens: Tensor, au_id: Tensor, batch: Tensor,
+                layout: Optional[GraphLayout] = None) -> Tensor:
+        if fused.is_enabled():
+            every_au = layout is not None and layout.ids_in_order and \
+                layout.nodes_per_graph == self.num_aus
+            return fused_blocks.au_feature_blocks(self, tokens, au_id, batch, every_au)
+        face_tokens = self.dropout(tokens).index_select(0, batch)               # X_g(i)
+        weight, bias = self.weight.index_select(0, au_id), self.bias.index_select(0, au_id)
+        out = torch.baddbmm(bias.unsqueeze(1), face_tokens, weight.transpose(1, 2))
+        return torch.relu(self.norm(out, au_id))
 
     def extra_repr(self) -> str:
         return f"num_aus={self.num_aus}, in_channels={self.in_channels}"

@@ -8,7 +8,9 @@ from torch_geometric.data import Data
 
 from ..data.graph import GraphLayout, complete_au_graph, edge_slots
 from ..utils.checks import check_dtype, check_edge_index
+from . import fused
 from .blocks import AUFeatureBlocks
+from .fused import mefl as fused_mefl
 from .gem import GraphEdgeModel
 from .gnn import GatedGNN
 from .similarity import face_inputs, init_au_head, similarity_scores
@@ -62,11 +64,13 @@ class MEFL(Module):
             (``with torch_geometric.debug():``), since reading the result back would make every
             call wait for the device. (default: :obj:`True`)
 
-    In evaluation mode on the CPU, a tokens tensor of more than ``faces_per_chunk`` faces (an
-    attribute, default 8) runs 8 faces at a time: faces do not interact in evaluation, and per
-    face 8 was the fastest batch on a 2-core CPU (eval, N = 27 + 14, alternating in one process:
-    B = 4 57.6, 8 52.8, 16 58.2, 32 66.9 ms per face). Set it to :obj:`None` to run every batch
-    whole. Zero faces (a frame without a face) give outputs with zero rows.
+    The body composes the parts (each with its reference body or its fast path,
+    :mod:`pyg_mefl.nn.fused`); the fast path also joins them where one part's output feeds the
+    next more cheaply in another form. In evaluation mode on the CPU, a tokens tensor of more
+    than ``faces_per_chunk`` faces (an attribute, default 8) runs 8 faces at a time: faces do
+    not interact in evaluation, and 8 was the fastest batch per face on a 2-core CPU
+    (``benchmarks/README.md``). Set it to :obj:`None` to run every batch whole. Zero faces (a
+    frame without a face) give outputs with zero rows.
 
     Shapes:
         - **input:** tokens :math:`(B, D, C)`, or a ``Data``/``Batch`` of :func:`face_graph`
@@ -114,29 +118,15 @@ class MEFL(Module):
         num_faces = tokens.size(0)
         if num_faces == 0:  # e.g. a video frame without a face
             return self._empty_output(tokens, isinstance(x, Tensor), return_edges)
-        # every face holds every AU in order (a tensor, or face graphs that say so): node tokens
-        # [B, N, D, C], a view of the AU blocks' product (no copy), and rows cycling through
-        # the slots
-        dense = layout.ids_in_order and layout.nodes_per_graph == self.num_main_aus
-        node_tokens = self.afg(tokens, au_id, batch, every_au=dense, by_face=dense)
-        edge_slot = edge_slots(edge_index, au_id, self.num_main_aus)
-        edge_proj = None
-        if self.gem.uses_face_basis(tokens, layout):  # the first GNN layer's E e, factored
-            edge_attr, edge_proj = self.gem(tokens, node_tokens, edge_index, batch, edge_slot,
-                                            layout, project=self.gnn.layers[0].lin_e.weight)
+        if fused.is_enabled():
+            node_x, edge_attr = fused_mefl.mefl_nodes_and_edges(self, tokens, au_id, edge_index,
+                                                                batch, layout)
         else:
+            node_tokens = self.afg(tokens, au_id, batch, layout)               # U_i
+            edge_slot = edge_slots(edge_index, au_id, self.num_main_aus)
             edge_attr = self.gem(tokens, node_tokens, edge_index, batch, edge_slot, layout)
-        # the mean over the token axis as a sum, then a division of the [nodes, C] result: a sum's
-        # gradient is a broadcast that autograd adds to the GEM's (a mean's would be divided into
-        # a new [nodes, D, C] tensor first); dense: in the product's layout
-        num_tokens = node_tokens.size(-2)
-        node_x = node_tokens.transpose(1, 2).sum(dim=1).view(-1, node_tokens.size(-1)) if dense \
-            else node_tokens.sum(dim=1)
-        node_x = node_x / num_tokens
-        del node_tokens  # [nodes, D, C]: let inference free it before the GNN's edge tensors
-        node_x, edge_attr = self.gnn(node_x, edge_index, edge_attr, au_id, edge_slot,
-                                     layout.in_degree, cyclic_slots=dense and layout.complete,
-                                     complete=layout.complete, edge_proj=edge_proj)
+            node_x, edge_attr = self.gnn(node_tokens.mean(dim=1), edge_index, edge_attr, au_id,
+                                         edge_slot, layout)
         probs = similarity_scores(node_x, au_id, batch, num_faces, self.main_sc, self.sub_sc,
                                   self.sub_au_sources)
         if not return_edges:

@@ -1,5 +1,4 @@
 """Batch normalisation with one statistic per AU slot (SPEC §4-5)."""
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -8,7 +7,6 @@ from torch.nn import Module, Parameter
 from torch_geometric.nn.norm import BatchNorm
 from torch_geometric.utils import scatter
 
-from .activation import batch_norm_relu_backward
 from .sync_norm import gather_moments, is_syncing
 
 Moments = Tuple[Tensor, Tensor, int]
@@ -237,89 +235,8 @@ def make_norm(norm: Optional[str], channels: int, num_slots: Optional[int], what
     return SlotBatchNorm(num_slots)
 
 
-def apply_norm(norm: Optional[Module], x: Tensor, slot: Optional[Tensor],
-               cyclic: bool = False) -> Tensor:
-    """``norm`` (from :func:`make_norm`) on rows ``x`` whose slots are ``slot``, or whose rows cycle
-    through the slots when ``cyclic``."""
+def apply_norm(norm: Optional[Module], x: Tensor, slot: Optional[Tensor]) -> Tensor:
+    """``norm`` (from :func:`make_norm`) on rows ``x`` whose slots are ``slot``."""
     if norm is None:
         return x
-    if not isinstance(norm, SlotBatchNorm):
-        return norm(x)
-    if cyclic:
-        return norm.cyclic(x.view(-1, norm.num_slots, x.size(-1))).view_as(x)
-    return norm(x, slot)
-
-
-def apply_norm_(norm: Optional[Module], x: Tensor, slot: Optional[Tensor],
-                cyclic: bool = False) -> Tensor:
-    r""":func:`apply_norm` that may overwrite ``x`` (a new tensor no one else holds): outside
-    autograd, a :class:`SlotBatchNorm` that evaluates with its running statistics is the affine
-    map :math:`x \gamma_s / \sqrt{\sigma^2_s + \epsilon} + (\beta_s - \mu_s \gamma_s /
-    \sqrt{\sigma^2_s + \epsilon})` per slot :math:`s`, applied in place in one pass; any other
-    norm, or autograd, runs out of place. Returns the result (``x`` where in place)."""
-    if not isinstance(norm, SlotBatchNorm) or norm.training or not norm.track_running_stats \
-            or torch.is_grad_enabled():
-        return apply_norm(norm, x, slot, cyclic)
-    scale, shift = norm.inference_affine()
-    if cyclic:  # [rows, slots, *]: the slot's affine broadcast over the other dimensions
-        rows = x.view((-1, norm.num_slots) + x.shape[1:])
-        affine = (norm.num_slots,) + (1,) * (x.dim() - 1)
-    else:
-        rows, scale, shift = x, scale[slot], shift[slot]
-        affine = (x.size(0),) + (1,) * (x.dim() - 1)
-    if norm.num_channels is not None:  # (slot, channel) statistics: the channel is last
-        affine = affine[:-1] + (x.size(-1),)
-    torch.addcmul(shift.view(affine), rows, scale.view(affine), out=rows)
-    return x
-
-
-def add_relu_norm(norm: Optional[Module], x: Tensor, residual: Tensor, slot: Optional[Tensor],
-                  cyclic: bool = False) -> Tensor:
-    r""":math:`\mathbf{r} + \mathrm{ReLU}(\mathrm{Norm}(\mathbf{x}))` with ``norm`` as in
-    :func:`apply_norm`. A :class:`SlotBatchNorm` training on cyclic rows under autograd runs as
-    one autograd function around torch's fused batch norm that stores ``x``, the per-slot
-    statistics and the ReLU's mask (one byte an element) instead of the norm's output, and
-    writes the result in the norm's output buffer. The running statistics are updated as
-    :meth:`SlotBatchNorm.cyclic` updates them."""
-    if cyclic and isinstance(norm, SlotBatchNorm) and norm.training and \
-            torch.is_grad_enabled() and norm.momentum is not None and \
-            not is_syncing(norm.process_group) and \
-            (norm.weight is None or norm.weight.dtype == x.dtype):
-        # BN's channel: the slot, or the (slot, channel) pair; the rows cycle through the slots
-        flat = x.view(-1, norm.num_slots, math.prod(x.shape[1:])) if norm.num_channels is None \
-            else x.view(-1, norm.num_slots * x.size(-1), 1)
-        if flat.numel() > flat.size(1):  # torch's BN refuses one value per channel
-            weight, bias, running_mean, running_var = (
-                None if t is None else t.view(-1)
-                for t in (norm.weight, norm.bias, norm.running_mean, norm.running_var))
-            out = _AddReluNorm.apply(flat, residual.reshape(flat.shape), weight, bias,
-                                     running_mean, running_var, norm.momentum, norm.eps)
-            if norm.track_running_stats:
-                norm.num_batches_tracked.add_(1)
-            return out.view_as(x)
-    return residual + torch.relu(apply_norm(norm, x, slot, cyclic))
-
-
-class _AddReluNorm(torch.autograd.Function):
-    # r + relu(BN(x)) with batch statistics over channel dim 1 of x [rows, channels, M] (torch's
-    # fused batch norm, which updates the running statistics); saves x and the ReLU's mask, or
-    # under torch.compile recomputes the mask in the backward pass (batch_norm_relu_backward).
-    @staticmethod
-    def forward(ctx, x: Tensor, residual: Tensor, weight: Optional[Tensor],
-                bias: Optional[Tensor], running_mean: Optional[Tensor],
-                running_var: Optional[Tensor], momentum: float, eps: float) -> Tensor:
-        out, mean, invstd = torch.native_batch_norm(x, weight, bias, running_mean, running_var,
-                                                    True, momentum, eps)
-        positive = None if torch.compiler.is_compiling() else out > 0
-        ctx.save_for_backward(x, weight, bias, mean, invstd, positive)
-        ctx.eps = eps
-        return out.relu_().add_(residual)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        x, weight, bias, mean, invstd, positive = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = batch_norm_relu_backward(
-            grad.contiguous(), x, weight, bias, mean, invstd, ctx.eps, positive)
-        if weight is None:
-            grad_weight = grad_bias = None
-        return grad_x, grad, grad_weight, grad_bias, None, None, None, None
+    return norm(x, slot) if isinstance(norm, SlotBatchNorm) else norm(x)

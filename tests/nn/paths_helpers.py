@@ -1,11 +1,12 @@
 """Helpers shared by the tests of the fast paths (``test_*_paths.py`` in this folder): the
-float64 dtype they run in, the ``chunked`` fixture (the default chunk size of ``pyg_mefl.nn.ops``
-and chunks of a few edges) and ``_grads``, the gradients of a random weighting of an output.
+float64 dtype they run in, the ``chunked`` fixture (the default chunk size of
+``pyg_mefl.nn.fused.ops`` and chunks of a few edges) and ``_grads``, the gradients of a random
+weighting of an output.
 """
 import pytest
 import torch
 
-import pyg_mefl.nn.ops as ops
+import pyg_mefl.nn.fused.ops as ops
 
 
 DTYPE = torch.float64

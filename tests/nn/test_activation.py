@@ -1,9 +1,9 @@
-"""The ReLU gradients of pyg_mefl.nn.activation (opaque operators, so that compiled training stores
-no boolean masks) against autograd's own ReLU and batch norm."""
+"""The ReLU gradients of pyg_mefl.nn.fused.activation (opaque operators, so that compiled
+training stores no boolean masks) against autograd's own ReLU and batch norm."""
 import pytest
 import torch
 
-from pyg_mefl.nn.activation import batch_norm_relu_backward, relu
+from pyg_mefl.nn.fused.activation import batch_norm_relu_backward, relu
 
 DTYPE = torch.float64
 

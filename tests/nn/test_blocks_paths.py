@@ -1,13 +1,15 @@
-"""The fast paths of ``pyg_mefl/nn/blocks.py`` (``AUFeatureBlocks``) against its gather of rows
-(float64): the in-place inference norm and the transpose for faces with every AU, as rows and
-by face, in training and in eval.
+"""The fast paths of ``AUFeatureBlocks`` (``pyg_mefl/nn/fused/blocks.py``) against its gather of
+rows and its reference body (float64): the in-place inference norm and the transpose for faces
+with every AU, as rows and by face, in training and in eval.
 No timing here: see benchmarks/bench_mefl.py.
 """
 import pytest
 import torch
 
 from paths_helpers import DTYPE
-from pyg_mefl import AUFeatureBlocks
+from pyg_mefl import AUFeatureBlocks, GraphLayout
+from pyg_mefl.nn import fused
+from pyg_mefl.nn.fused.blocks import au_feature_blocks
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
@@ -24,19 +26,23 @@ def test_au_blocks_fast_paths_match_the_gather(training):
     au_id = torch.arange(num_aus).repeat(num_faces)
     batch = torch.arange(num_faces).repeat_interleave(num_aus)
     state = {k: v.clone() for k, v in blocks.state_dict().items()}
+    every_au = GraphLayout(num_aus, ids_in_order=True)
     gathered = blocks(x, au_id, batch)  # grad enabled: the norm module on gathered rows
     blocks.load_state_dict(state)
-    transposed = blocks(x, au_id, batch, every_au=True)
+    with fused.reference_paths():
+        torch.testing.assert_close(blocks(x, au_id, batch), gathered, rtol=1e-12, atol=1e-12)
+    blocks.load_state_dict(state)
+    transposed = blocks(x, au_id, batch, every_au)
     torch.testing.assert_close(transposed, gathered, rtol=1e-12, atol=1e-12)
     blocks.load_state_dict(state)
-    by_face = blocks(x, au_id, batch, every_au=True, by_face=True)
+    by_face = au_feature_blocks(blocks, x, au_id, batch, every_au=True, by_face=True)
     assert by_face.shape == (num_faces, num_aus, tokens, channels)
     torch.testing.assert_close(by_face.reshape_as(gathered), gathered, rtol=1e-12, atol=1e-12)
     blocks.load_state_dict(state)
     with torch.no_grad():  # in eval: the norm in place on the product, before the rows' pick
-        torch.testing.assert_close(blocks(x, au_id, batch, every_au=True), gathered,
+        torch.testing.assert_close(blocks(x, au_id, batch, every_au), gathered,
                                    rtol=1e-12, atol=1e-12)
-        by_face = blocks(x, au_id, batch, every_au=True, by_face=True)
+        by_face = au_feature_blocks(blocks, x, au_id, batch, every_au=True, by_face=True)
         assert by_face.transpose(1, 2).is_contiguous()  # a view of the product: no copy
         torch.testing.assert_close(by_face.reshape_as(gathered), gathered, rtol=1e-12,
                                    atol=1e-12)

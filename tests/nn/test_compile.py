@@ -13,6 +13,7 @@ import torch
 from torch_geometric.data import Batch
 
 from pairs import make_pair, relative_error
+from pyg_mefl.nn.fused.gem import uses_face_basis
 from pyg_mefl import (MEFL, GatedGNNLayer, GraphEdgeModel, GraphLayout, complete_au_graph,
                       edge_slots, face_graph)
 
@@ -60,7 +61,7 @@ def _face_batch(tokens):
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 @pytest.mark.parametrize("graph", ["tensor", "batch"])
-def test_mefl_one_graph_and_compiled_equals_eager(graph, training):
+def test_mefl_one_graph_and_compiled_equals_eager(graph, training, paths):
     torch.manual_seed(1)
     model = MEFL(CHANNELS, num_main_aus=NUM_AUS, num_sub_aus=2, sub_au_sources=[0, 3],
                  edge_head=True).train(training)
@@ -117,10 +118,10 @@ def test_gated_gnn_layer_one_graph_and_compiled_equals_eager(graph):
     layer = GatedGNNLayer(CHANNELS, norm="slot", num_node_slots=NUM_AUS,
                           num_edge_slots=NUM_AUS ** 2).train()
     x, edge_index, edge_attr, node_slot, edge_slot = _gnn_inputs(graph == "arbitrary")
-    in_degree = NUM_AUS if graph == "uniform" else None
+    layout = GraphLayout(in_degree=NUM_AUS) if graph == "uniform" else None
 
     def forward(x, edge_attr):
-        return layer(x, edge_index, edge_attr, node_slot, edge_slot, in_degree=in_degree)
+        return layer(x, edge_index, edge_attr, node_slot, edge_slot, layout)
 
     assert_one_graph(forward, x, edge_attr)
     assert_compiled_matches_eager(forward, layer, (x, edge_attr), [x, edge_attr])
@@ -138,7 +139,7 @@ def test_graph_edge_model_one_graph_and_compiled_equals_eager(graph):
     layout = {"uniform": GraphLayout(NUM_AUS, NUM_AUS, True),
               "arbitrary": GraphLayout(),
               "arbitrary-simple": GraphLayout(NUM_AUS, None, True, False, True)}[graph]
-    assert gem.uses_face_basis(tokens, layout) == (graph != "arbitrary")
+    assert uses_face_basis(gem, tokens, layout) == (graph != "arbitrary")
 
     def forward(tokens, node_tokens):
         return (gem(tokens, node_tokens, edge_index, batch, edge_slot, layout),)

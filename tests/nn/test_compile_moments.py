@@ -4,9 +4,9 @@ eager mode's numbers, forward and backward, with chunks that end inside a graph.
 import pytest
 import torch
 
-import pyg_mefl.nn.ops as ops
+import pyg_mefl.nn.fused.ops as ops
 from pyg_mefl import complete_au_graph
-from pyg_mefl.nn.ops import softmax_column_moments
+from pyg_mefl.nn.fused.ops import softmax_column_moments
 
 pytestmark = pytest.mark.slow  # each compilation costs seconds of CPU
 NODES, GRAPHS, ROWS, COLS, WIDTH = 3, 3, 4, 3, 6

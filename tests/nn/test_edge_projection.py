@@ -8,28 +8,36 @@ from pairs import make_pair, relative_error
 from pyg_mefl import face_graph
 from pyg_mefl.data import GraphLayout, complete_au_graph, edge_slots
 from pyg_mefl.nn import GatedGNNLayer, GraphEdgeModel
+from pyg_mefl.nn.fused import mefl as fused_mefl
+from pyg_mefl.nn.fused.gem import graph_edge_model, uses_face_basis
+from pyg_mefl.nn.fused.gnn import gated_gnn_layer
 from test_mefl_equivalence import _grads_as_native
 
 TOL = 1e-5
 
 
-def _first_layer_edge_proj(model):
-    """Records whether MEFL hands the first GNN layer a precomputed E e (its 9th argument)."""
+def _first_layer_edge_proj(model, monkeypatch):
+    """Records whether MEFL's fast path hands the first GNN layer a precomputed E e."""
     seen = []
-    model.gnn.layers[0].register_forward_pre_hook(
-        lambda module, args: seen.append(len(args) > 8 and args[8] is not None))
+
+    def layer_step(layer, *args, **kwargs):
+        if layer is model.gnn.layers[0]:
+            seen.append(args[-1] is not None)
+        return gated_gnn_layer(layer, *args, **kwargs)
+
+    monkeypatch.setattr(fused_mefl, "gated_gnn_layer", layer_step)
     return seen
 
 
 @pytest.mark.parametrize("num_aus,num_sub", [(27, 14), (12, 0), (8, 0), (5, 0)])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("as_batch", [False, True], ids=["tensor", "batch"])
-def test_mefl_matches_dense_reference(num_aus, num_sub, training, as_batch):
+def test_mefl_matches_dense_reference(num_aus, num_sub, training, as_batch, monkeypatch):
     channels, num_tokens, faces = 18, 7, 3  # 7 tokens < 9 query channels: the face basis
     dense, model = make_pair(channels, num_aus, num_sub, "post", True, seed=num_aus)
     dense.train(training)
     model.train(training)
-    seen = _first_layer_edge_proj(model)
+    seen = _first_layer_edge_proj(model, monkeypatch)
     tokens = torch.randn(faces, num_tokens, channels)
     x_ours, x_dense = tokens.clone().requires_grad_(), tokens.clone().requires_grad_()
     inputs = Batch.from_data_list([face_graph(t, num_aus) for t in x_ours]) if as_batch \
@@ -90,14 +98,14 @@ def test_gem_factored_projection_matches_plain(dtype, training, norm):
     factored.train(training)
     plain.train(training)
     inputs = _gem_inputs(num_aus, faces, channels, 5, dtype)
-    assert factored.uses_face_basis(inputs[0], inputs[-1])
+    assert uses_face_basis(factored, inputs[0], inputs[-1])
     weight = torch.randn(channels + 3, channels, dtype=dtype)  # also a non-square projection
     outputs, grads = [], []
     for model in (factored, plain):
         x, node_tokens = (t.clone().requires_grad_() for t in inputs[:2])
         w = weight.clone().requires_grad_()
         if model is factored:
-            edge_attr, projected = model(x, node_tokens, *inputs[2:], project=w)
+            edge_attr, projected = graph_edge_model(model, x, node_tokens, *inputs[2:], project=w)
         else:
             edge_attr = model(x, node_tokens, *inputs[2:])
             projected = edge_attr @ w.t()
@@ -120,7 +128,7 @@ def test_gem_projection_without_face_basis_is_plain():
     gem.face_basis = False
     inputs = _gem_inputs(num_aus, 2, channels, 6, torch.float32)
     weight = torch.randn(channels, channels)
-    edge_attr, projected = gem(*inputs, project=weight)
+    edge_attr, projected = graph_edge_model(gem, *inputs, project=weight)
     assert torch.equal(edge_attr, gem(*inputs))
     assert torch.equal(projected, edge_attr @ weight.t())
 
@@ -134,22 +142,21 @@ def test_gnn_layer_edge_proj_replaces_lin_e(grad):
     x = torch.randn(num_aus * faces, channels)
     edge_attr = torch.randn(edge_index.size(1), channels)
     slots = (torch.arange(num_aus).repeat(faces), torch.arange(num_aus ** 2).repeat(faces))
+    layout = GraphLayout(num_aus, num_aus, True, True, True, True)
     with torch.set_grad_enabled(grad):
-        expected = layer(x, edge_index, edge_attr, *slots, num_aus, True, True)
-        given = layer(x, edge_index, edge_attr, *slots, num_aus, True, True,
-                      edge_proj=layer.lin_e(edge_attr))
-        wrong = layer(x, edge_index, edge_attr, *slots, num_aus, True, True,
-                      edge_proj=torch.zeros_like(edge_attr))
+        expected = layer(x, edge_index, edge_attr, *slots, layout)
+        given = gated_gnn_layer(layer, x, edge_index, edge_attr, *slots, layout,
+                                edge_proj=layer.lin_e(edge_attr))
+        wrong = gated_gnn_layer(layer, x, edge_index, edge_attr, *slots, layout,
+                                edge_proj=torch.zeros_like(edge_attr))
     for ours, theirs in zip(given, expected):
         assert relative_error(ours, theirs) < TOL
     assert relative_error(wrong[1], expected[1]) > TOL  # edge_proj is what the layer uses
-    with pytest.raises(ValueError, match="edge_proj"):
-        layer(x, edge_index, edge_attr, *slots, edge_proj=edge_attr[:-1])
 
 
-def test_mefl_bf16_autocast_uses_the_factored_projection():
+def test_mefl_bf16_autocast_uses_the_factored_projection(monkeypatch):
     dense, model = make_pair(18, 8, 0, "pre", True, seed=2)
-    seen = _first_layer_edge_proj(model)
+    seen = _first_layer_edge_proj(model, monkeypatch)
     tokens = torch.randn(2, 7, 18)
     for training in (True, False):
         model.train(training)

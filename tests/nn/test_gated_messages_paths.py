@@ -8,7 +8,7 @@ import torch
 
 from paths_helpers import DTYPE, _grads
 from pyg_mefl import complete_au_graph
-from pyg_mefl.nn.gated_messages import gated_run_messages
+from pyg_mefl.nn.fused.gated_messages import gated_run_messages
 
 
 @pytest.mark.parametrize("complete", [False, True], ids=["sources", "complete"])

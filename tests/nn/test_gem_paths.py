@@ -1,8 +1,8 @@
-"""The fast paths of ``pyg_mefl/nn/gem.py`` (``GraphEdgeModel``) against its generic per-node
-attention (float64, values, gradients and running statistics): the face-token basis on
-complete, run-ordered and sparse shuffled graphs, the block products of a complete layout
-without the basis, node tokens given by face, and the cases that must fall back to the
-generic path.
+"""The fast paths of ``GraphEdgeModel`` (``pyg_mefl/nn/fused/gem.py``) against its generic
+per-node attention and its reference body (float64, values, gradients and running statistics):
+the face-token basis on complete, run-ordered and sparse shuffled graphs, the block products of
+a complete layout without the basis, node tokens given by face, and the cases that must fall
+back to the generic path.
 No timing here: see benchmarks/bench_mefl.py.
 """
 import pytest
@@ -12,6 +12,9 @@ import paths_helpers
 from paths_helpers import DTYPE, _grads
 from pyg_mefl import (AUFeatureBlocks, GraphEdgeModel, GraphLayout, complete_au_graph,
                       edge_slots)
+from pyg_mefl.nn import fused
+from pyg_mefl.nn.fused.blocks import au_feature_blocks
+from pyg_mefl.nn.fused.gem import graph_edge_model, uses_face_basis
 
 chunked = paths_helpers.chunked  # the fixture: one chunk and many
 
@@ -59,10 +62,15 @@ def test_gem_face_basis_matches_generic(graph, training, chunked):
     fast, generic = _gem_pair(num_aus)
     fast.train(training)
     generic.train(training)
-    assert fast.uses_face_basis(x, layout)
+    assert uses_face_basis(fast, x, layout)
+    state = {k: v.clone() for k, v in generic.state_dict().items()}
+    with fused.reference_paths():  # the equation, one [D, C] relation per edge
+        reference = generic(x, node_tokens, edge_index, batch, slot, layout)
+    generic.load_state_dict(state)
     out = fast(x, node_tokens, edge_index, batch, slot, layout)
     expected = generic(x, node_tokens, edge_index, batch, slot)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out, reference, rtol=1e-10, atol=1e-10)
     params = (x, node_tokens) + tuple(fast.parameters())
     want_params = (x, node_tokens) + tuple(generic.parameters())
     for got, want in zip(_grads(out, params), _grads(expected, want_params)):
@@ -116,7 +124,7 @@ def test_gem_node_tokens_by_face(storage, face_basis, training):
     if storage == "token-major":
         rows = rows.transpose(1, 2).contiguous().transpose(1, 2)
     rows.requires_grad_()
-    out = fast(x, rows, edge_index, batch, slot, layout)
+    out = graph_edge_model(fast, x, rows, edge_index, batch, slot, layout)
     expected = generic(x, node_tokens, edge_index, batch, slot, layout)
     torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
     (got,), (want,) = _grads(out, (rows,)), _grads(expected, (node_tokens,))
@@ -129,10 +137,11 @@ def test_node_tokens_by_face_are_checked():
     edge_index = complete_au_graph(3, 2)
     slot = edge_slots(edge_index, au_id, 3)
     with pytest.raises(ValueError, match="nodes a face"):
-        fast(x, node_tokens.view(3, 2, *node_tokens.shape[1:]), edge_index, batch, slot,
-             GraphLayout(3, 3, True, True))
+        graph_edge_model(fast, x, node_tokens.view(3, 2, *node_tokens.shape[1:]), edge_index,
+                         batch, slot, GraphLayout(3, 3, True, True))
     with pytest.raises(ValueError, match="by_face"):
-        AUFeatureBlocks(3, 16)(x.detach().float(), au_id, batch, by_face=True)
+        au_feature_blocks(AUFeatureBlocks(3, 16), x.detach().float(), au_id, batch,
+                          by_face=True)
 
 
 def test_gem_edges_across_faces_use_the_generic_path():
@@ -140,7 +149,7 @@ def test_gem_edges_across_faces_use_the_generic_path():
     edge_index = torch.tensor([[0, 3, 1], [4, 1, 1]])  # 0 -> 4 and 3 -> 1 join two faces
     fast, generic = _gem_pair(3)
     layout = GraphLayout(3, None, False)
-    assert not fast.uses_face_basis(x, layout)
+    assert not uses_face_basis(fast, x, layout)
     slot = edge_slots(edge_index, au_id, 3)
     fast.eval()
     generic.eval()
@@ -151,4 +160,4 @@ def test_gem_edges_across_faces_use_the_generic_path():
 def test_gem_face_basis_off_when_tokens_exceed_query_channels():
     x, node_tokens, au_id, batch = _gem_inputs(tokens=9, channels=16)  # D = 9 > C/2 = 8
     fast, _ = _gem_pair(4)
-    assert not fast.uses_face_basis(x, GraphLayout(4, 4, True))
+    assert not uses_face_basis(fast, x, GraphLayout(4, 4, True))

@@ -7,8 +7,17 @@ from torch_geometric.data import Batch
 from torch_geometric.nn import Sequential
 
 from pairs import make_pair, relative_error
-from pyg_mefl import GatedGNN, GatedGNNLayer, SlotBatchNorm, complete_au_graph, face_graph
-from pyg_mefl.nn.norm import add_relu_norm, apply_norm, apply_norm_
+from pyg_mefl import (GatedGNN, GatedGNNLayer, GraphLayout, SlotBatchNorm, complete_au_graph,
+                      face_graph)
+from pyg_mefl.nn import fused
+from pyg_mefl.nn.fused import blocks as fused_blocks, gem as fused_gem, gnn as fused_gnn
+from pyg_mefl.nn.fused import mefl as fused_mefl
+from pyg_mefl.nn.fused.norm import add_relu_norm, norm_rows, norm_rows_
+
+
+def complete_in_order(num_aus):
+    """The layout of complete AU graphs of ``num_aus`` nodes with the AU ids in order."""
+    return GraphLayout(num_aus, num_aus, True, True, True, True)
 
 
 def loop_reference(layer, x, edge_index, edge_attr):
@@ -53,7 +62,7 @@ def random_graph(num_nodes, num_edges, generator):
 @pytest.mark.parametrize("norm", [None, "batch"])
 @pytest.mark.parametrize("residual", ["post", "pre"])
 @pytest.mark.parametrize("num_nodes,num_edges", [(7, 15), (11, 40), (5, 3)])
-def test_layer_matches_per_node_loop(norm, residual, num_nodes, num_edges):
+def test_layer_matches_per_node_loop(norm, residual, num_nodes, num_edges, paths):
     generator = torch.Generator().manual_seed(num_nodes * 100 + num_edges)
     torch.manual_seed(num_nodes)
     channels = 9
@@ -117,7 +126,7 @@ def test_gradcheck_complete_cyclic_float64(training):
                             requires_grad=True)
 
     def run(x, edge_attr):
-        return layer(x, edge_index, edge_attr, au_id, edge_slot, num_aus, True, True)
+        return layer(x, edge_index, edge_attr, au_id, edge_slot, complete_in_order(num_aus))
 
     assert torch.autograd.gradcheck(run, (x, edge_attr))
 
@@ -187,7 +196,7 @@ def test_in_degree_fast_path_matches_the_loop():
     edge_index = complete_au_graph(3, 2)
     x = torch.randn(6, 5, generator=generator)
     edge_attr = torch.randn(edge_index.size(1), 5, generator=generator)
-    out, edges = layer(x, edge_index, edge_attr, in_degree=3)
+    out, edges = layer(x, edge_index, edge_attr, layout=GraphLayout(in_degree=3))
     ref_out, ref_edges = loop_reference(layer, x, edge_index, edge_attr)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(edges, ref_edges, rtol=1e-5, atol=1e-5)
@@ -198,10 +207,12 @@ def test_complete_needs_a_matching_in_degree():
     x, edge_index = torch.randn(6, 4), complete_au_graph(3, 2)
     edge_attr = torch.randn(edge_index.size(1), 4)
     for in_degree in (None, 2, 0):
-        with pytest.raises(ValueError, match="complete=True"):
-            layer(x, edge_index, edge_attr, in_degree=in_degree, complete=True)
-    with pytest.raises(ValueError, match="complete=True"):  # 9 edges per node, not 3
-        layer(x[:2], edge_index[:, :18] % 2, edge_attr[:18], in_degree=3, complete=True)
+        with pytest.raises(ValueError, match="layout"):
+            layer(x, edge_index, edge_attr, layout=GraphLayout(3, in_degree, True, True))
+    with pytest.raises(ValueError, match="layout"):  # 9 edges per node, not 3
+        layer(x[:2], edge_index[:, :18] % 2, edge_attr[:18], layout=GraphLayout(3, 3, True, True))
+    with pytest.raises(ValueError, match="layout.in_degree=4"):  # 36 edges, 6 nodes
+        layer(x, edge_index, edge_attr, layout=GraphLayout(in_degree=4))
 
 
 @pytest.mark.parametrize("num_aus,num_sub,residual", [(27, 14, "post"), (12, 0, "pre"),
@@ -230,9 +241,9 @@ def test_mefl_inference_matches_the_dense_reference(num_aus, num_sub, residual, 
 @pytest.mark.parametrize("num_channels", [None, 3])
 @pytest.mark.parametrize("cyclic", [False, True])
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
-def test_inference_norm_in_place_matches_apply_norm(num_channels, cyclic, training):
-    """``apply_norm_``: in place (the same tensor back) for a slot norm evaluating with running
-    statistics without autograd, out of place otherwise; the numbers of ``apply_norm``."""
+def test_inference_norm_in_place_matches_norm_rows(num_channels, cyclic, training):
+    """``norm_rows_``: in place (the same tensor back) for a slot norm evaluating with running
+    statistics without autograd, out of place otherwise; the numbers of ``norm_rows``."""
     generator = torch.Generator().manual_seed(17)
     norm = SlotBatchNorm(4, num_channels).train(training)
     with torch.no_grad():
@@ -241,15 +252,15 @@ def test_inference_norm_in_place_matches_apply_norm(num_channels, cyclic, traini
     x = torch.randn(12, 3, generator=generator)
     slot = torch.arange(4).repeat(3) if cyclic else torch.randint(0, 4, (12,), generator=generator)
     state = {k: v.clone() for k, v in norm.state_dict().items()}
-    expected = apply_norm(norm, x, slot, cyclic)
+    expected = norm_rows(norm, x, slot, cyclic)
     norm.load_state_dict(state)
     work = x.clone()
     with torch.no_grad():
-        got = apply_norm_(norm, work, slot, cyclic)
+        got = norm_rows_(norm, work, slot, cyclic)
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     assert (got is work) == (not training)
     work = x.clone()
-    assert apply_norm_(norm.eval(), work, slot, cyclic) is not work  # autograd: out of place
+    assert norm_rows_(norm.eval(), work, slot, cyclic) is not work  # autograd: out of place
 
 
 @pytest.mark.parametrize("num_channels", [None, 3])
@@ -257,7 +268,7 @@ def test_inference_norm_in_place_matches_apply_norm(num_channels, cyclic, traini
 def test_fused_add_relu_norm_matches_autograd(num_channels, track):
     """``add_relu_norm`` on cyclic rows in training (one function, the ReLU's mask stored as
     bytes): values, gradients of input, residual and affine, and running statistics against
-    ``residual + relu(apply_norm(...))`` in float64."""
+    ``residual + relu(norm_rows(...))`` in float64."""
     generator = torch.Generator().manual_seed(18)
     norms = [SlotBatchNorm(4, num_channels, track_running_stats=track).double().train()
              for _ in range(2)]
@@ -269,7 +280,7 @@ def test_fused_add_relu_norm_matches_autograd(num_channels, track):
     residual = torch.randn(12, 3, dtype=torch.float64, generator=generator, requires_grad=True)
     slot = torch.arange(4).repeat(3)
     fused = add_relu_norm(norms[0], x, residual, slot, cyclic=True)
-    plain = residual + torch.relu(apply_norm(norms[1], x, slot, cyclic=False))
+    plain = residual + torch.relu(norm_rows(norms[1], x, slot, cyclic=False))
     torch.testing.assert_close(fused, plain, rtol=1e-12, atol=1e-12)
     weight = torch.randn(fused.shape, dtype=torch.float64, generator=generator)
     inputs = [x, residual, norms[0].weight, norms[0].bias]
@@ -295,7 +306,8 @@ def test_inference_under_autocast_gives_the_autograd_paths_dtypes(complete):
     edge_slot = au_id[edge_index[1]] * num_aus + au_id[edge_index[0]]
     x, edge_attr = torch.randn(num_aus * num_faces, channels), \
         torch.randn(edge_index.size(1), channels)
-    args = (x, edge_index, edge_attr, au_id, edge_slot, num_aus, True, complete)
+    layout = complete_in_order(num_aus) if complete else GraphLayout(in_degree=num_aus)
+    args = (x, edge_index, edge_attr, au_id, edge_slot, layout)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         with torch.no_grad():
             inference = layer(*args)
@@ -303,3 +315,19 @@ def test_inference_under_autocast_gives_the_autograd_paths_dtypes(complete):
     for got, want in zip(inference, reference):
         assert got.dtype == want.dtype
         torch.testing.assert_close(got.float(), want.float().detach(), rtol=0.05, atol=0.05)
+
+
+def test_a_torch_without_the_private_operators_runs_the_reference_bodies(monkeypatch):
+    """Where the fast paths' private torch operators are missing, every layer runs its
+    reference body: no call reaches the fast path, and the numbers stay the dense reference's."""
+    dense, model = make_pair(12, 5, 0, "post", False, seed=3)
+    tokens = torch.randn(2, 4, 12)
+    expected = dense(tokens)["probs"]
+    monkeypatch.setattr(fused, "_available", False)
+    assert not fused.is_enabled()
+    for name in ("gated_gnn_layer", "graph_edge_model", "au_feature_blocks",
+                 "mefl_nodes_and_edges"):
+        for module in (fused_mefl, fused_gnn, fused_blocks, fused_gem):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, None)  # a call would raise a TypeError
+    assert relative_error(model(tokens), expected) < 1e-5

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from paths_helpers import DTYPE, _grads
-from pyg_mefl import GatedGNNLayer, complete_au_graph, edge_slots, uniform_in_degree
+from pyg_mefl import GatedGNNLayer, GraphLayout, complete_au_graph, edge_slots, uniform_in_degree
 
 
 @pytest.mark.parametrize("norm", ["slot", "batch", None])
@@ -34,8 +34,11 @@ def test_gnn_uniform_fast_path_matches_scatter_path(norm, training, aggr, path):
     edge_attr = torch.randn(edge_index.size(1), channels, dtype=DTYPE, generator=generator,
                             requires_grad=True)
     slot = edge_slots(edge_index, au_id, num_aus)
-    fast_args = (x, edge_index, edge_attr, au_id, slot, num_aus, path == "complete-cyclic",
-                 path != "runs")
+    # runs: only the in-degree is stated; complete: the face blocks too; complete-cyclic: and
+    # the AU ids in order, so that the rows cycle through the slot norms' slots
+    layout = GraphLayout(in_degree=num_aus) if path == "runs" else \
+        GraphLayout(num_aus, num_aus, True, True, True, path == "complete-cyclic")
+    fast_args = (x, edge_index, edge_attr, au_id, slot, layout)
 
     state = {k: v.clone() for k, v in layer.state_dict().items()}
     out, edges = layer(*fast_args)
@@ -75,7 +78,7 @@ def test_gnn_uniform_runs_with_trailing_isolated_nodes():
     edge_index = torch.stack([source, target])
     x = torch.randn(6, 6, dtype=DTYPE)
     edge_attr = torch.randn(6, 6, dtype=DTYPE)
-    out, _ = layer(x, edge_index, edge_attr, in_degree=2)
+    out, _ = layer(x, edge_index, edge_attr, layout=GraphLayout(in_degree=2))
     perm = torch.tensor([5, 0, 3, 1, 4, 2])
     out_ref, _ = layer(x, edge_index[:, perm], edge_attr[perm])
     torch.testing.assert_close(out, out_ref, rtol=1e-12, atol=1e-12)

@@ -1,8 +1,11 @@
-"""MEFL against the dense reference of SPEC.md: outputs, edge features, gradients, BN statistics."""
+"""MEFL against the dense reference of SPEC.md: outputs, edge features, gradients, BN statistics,
+on the fast paths and on the layers' reference bodies."""
 import pytest
 import torch
 
 from pairs import make_pair, relative_error
+from pyg_mefl.nn.fused import mefl as fused_mefl
+from pyg_mefl.nn.fused.gem import graph_edge_model
 from pyg_mefl.pretrained import HeadConfig, to_native
 
 TOL = 1e-5
@@ -15,12 +18,19 @@ CONFIGS = [  # (num_aus, num_sub, residual, edge_head)
 ]
 
 
-def _gem_output(model, dense):
-    """Capture the GEM's edge features of both models during one forward (MEFL asks ours for
-    the first GNN layer's projection as well where the face basis is active: (edge_attr, E e))."""
+def _gem_output(model, dense, monkeypatch):
+    """Capture the GEM's edge features of both models during one forward (the fast path asks
+    ours for the first GNN layer's projection as well where the face basis is active:
+    (edge_attr, E e))."""
     seen = {}
-    model.gem.register_forward_hook(
-        lambda m, i, o: seen.__setitem__("ours", o if isinstance(o, torch.Tensor) else o[0]))
+
+    def keep(output):
+        seen["ours"] = output if isinstance(output, torch.Tensor) else output[0]
+        return output
+
+    model.gem.register_forward_hook(lambda m, i, o: keep(o))  # the reference body
+    monkeypatch.setattr(fused_mefl, "graph_edge_model",
+                        lambda *args, **kwargs: keep(graph_edge_model(*args, **kwargs)))
     dense.edge_extractor.register_forward_hook(
         lambda m, i, o: seen.__setitem__("dense", o.mean(dim=-2)))
     return seen
@@ -38,12 +48,13 @@ def _grads_as_native(model, dense):
 
 @pytest.mark.parametrize("num_aus,num_sub,residual,edge_head", CONFIGS)
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-def test_forward_backward_and_running_stats(num_aus, num_sub, residual, edge_head, training):
+def test_forward_backward_and_running_stats(num_aus, num_sub, residual, edge_head, training,
+                                            paths, monkeypatch):
     channels, num_tokens, batch = 18, 7, 3  # odd sizes
     dense, model = make_pair(channels, num_aus, num_sub, residual, edge_head, seed=num_aus)
     dense.train(training)
     model.train(training)
-    seen = _gem_output(model, dense)
+    seen = _gem_output(model, dense, monkeypatch)
     tokens = torch.randn(batch, num_tokens, channels)
     x_ours, x_dense = tokens.clone().requires_grad_(), tokens.clone().requires_grad_()
 

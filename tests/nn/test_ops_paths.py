@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import paths_helpers
-import pyg_mefl.nn.ops as ops
+import pyg_mefl.nn.fused.ops as ops
 from paths_helpers import DTYPE, _grads
 from pyg_mefl import complete_au_graph, gather_matmul
-from pyg_mefl.nn.ops import softmax_column_moments
+from pyg_mefl.nn.fused.ops import softmax_column_moments
 
 chunked = paths_helpers.chunked  # the fixture: one chunk and many
 
