@@ -9,7 +9,9 @@ from .models import (FaceAUModel, ImageTokens, ResNet50Tokens, ResNetTokens, Sma
                      SwinTokens, build_backbone, published_transform)
 from .nn import (ANFL, MEFL, ANFLLayer, AUFeatureBlocks, CrossAttention, GatedGNN, GatedGNNLayer,
                  GraphEdgeModel, LinearBlock, MEFLOutput, SlotBatchNorm, SyncedBatchNorm,
-                 au_knn_graph, gather_matmul)
+                 au_knn_graph)
+# a kernel (its home is pyg_mefl.nn), importable from here for code written for the first release
+from .nn import gather_matmul as gather_matmul
 from .pretrained import anfl_head_to_published, detect_stage, load_anfl_head
 from .train import (AUMetrics, MEFLLoss, TokenMLP, WeightedAsymmetricLoss, au_class_weights,
                     au_targets, calibrate_thresholds, fit, init_distributed, relation_loss,
@@ -30,7 +32,7 @@ __all__ = [
     "SyntheticFaceDataset", "TokenFaceDataset", "TokenMLP", "TokenNorm",
     "WeightedAsymmetricLoss", "anfl_head_to_published", "au_class_weights", "au_knn_graph",
     "au_targets", "build_backbone", "calibrate_thresholds", "complete_au_graph",
-    "detect_stage", "edge_slots", "face_graph", "fit", "gather_matmul", "init_distributed",
+    "detect_stage", "edge_slots", "face_graph", "fit", "init_distributed",
     "load_anfl_head", "load_token_norm", "published_transform", "relation_labels",
     "relation_loss", "ridge_probe", "synchronise_norms", "token_mlp_probe",
     "uniform_in_degree", "vocabulary_ids", "warmup_cosine_schedule",

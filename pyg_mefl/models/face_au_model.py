@@ -9,6 +9,7 @@ from torch.nn import Module
 from torch_geometric.data import Batch
 
 from ..nn.mefl import MEFL, MEFLOutput
+from .published import face_au_model_to_published, load_face_au_model
 
 
 class FaceAUModel(Module):
@@ -110,7 +111,6 @@ class FaceAUModel(Module):
         mode like any new module; :attr:`au_names`, :attr:`transform` (the source's eval
         preprocessing), :attr:`source` and :attr:`stage` describe it.
         """
-        from .published import load_face_au_model  # builds this class: import late
         return load_face_au_model(cls, path_or_dir, source, stage, backbone, **overrides)
 
     def to_published_state_dict(self, layout: str, whole_model: bool = True) -> dict:
@@ -118,5 +118,4 @@ class FaceAUModel(Module):
         ``"opengraphau"``, ``"me-graphau"``) and in its order, as fresh tensors: the whole
         model (``backbone.*``, the global linear block, ``head.*``; Swin in Microsoft's layout
         with its buffers) or, without ``whole_model``, the head alone."""
-        from .published import face_au_model_to_published
         return face_au_model_to_published(self, layout, whole_model)

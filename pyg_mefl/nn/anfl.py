@@ -11,6 +11,7 @@ from torch_geometric.nn.conv import MessagePassing
 
 from ..data.graph import GraphLayout
 from ..utils.checks import check_edge_index
+from ..utils.registry import checkpoint_function
 from .blocks import AUFeatureBlocks
 from .facial_graph import METRICS, au_knn_graph
 from .norm import NORMS, apply_norm, make_norm
@@ -195,16 +196,14 @@ class ANFL(Module):
         checkpoint is kept in ``model.checkpoint`` (:class:`CheckpointParts`), as for
         :meth:`MEFL.from_pretrained`.
         """
-        from ..pretrained.anfl import load_anfl  # the loader builds this class: import late
-        return load_anfl(checkpoint, source, cls, **overrides)
+        return checkpoint_function("ANFL.from_pretrained")(checkpoint, source, cls, **overrides)
 
     def to_published_state_dict(self, layout: str) -> dict:
         """The head's weights under the names of a published ``layout`` (``"opengraphau"``,
         ``"me-graphau"``, ``"mexca"``), in the published key order, as fresh tensors. Raises
         :class:`ValueError` if the layout cannot hold the model (sub AUs in ME-GraphAU, none in
         OpenGraphAU or mexca)."""
-        from ..pretrained.anfl import anfl_head_to_published
-        return anfl_head_to_published(self, layout)
+        return checkpoint_function("ANFL.to_published_state_dict")(self, layout)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, num_main_aus={self.num_main_aus}, "

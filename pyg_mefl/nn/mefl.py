@@ -8,6 +8,7 @@ from torch_geometric.data import Data
 
 from ..data.graph import GraphLayout, complete_au_graph, edge_slots
 from ..utils.checks import check_dtype, check_edge_index
+from ..utils.registry import checkpoint_function
 from . import fused
 from .blocks import AUFeatureBlocks
 from .fused import mefl as fused_mefl
@@ -198,8 +199,7 @@ class MEFL(Module):
         global linear block as a :class:`LinearBlock` to run on the backbone tokens before the
         model, and the backbone tensors (reported in one log line).
         """
-        from ..pretrained.head import load_mefl  # the loader builds this class: import late
-        return load_mefl(checkpoint, source, cls)
+        return checkpoint_function("MEFL.from_pretrained")(checkpoint, source, cls)
 
     def to_published_state_dict(self, layout: str, whole_model: bool = False) -> dict:
         """The weights under the names of a published ``layout`` (``"mexca"``,
@@ -208,8 +208,7 @@ class MEFL(Module):
         ``self.checkpoint`` (if the model was loaded from a whole-model checkpoint) are added.
         Raises :class:`ValueError` if the layout cannot hold the model (sub AUs in ME-GraphAU,
         an edge head in mexca/OpenGraphAU, a residual variant other than the layout's)."""
-        from ..pretrained.head import mefl_to_published
-        return mefl_to_published(self, layout, whole_model)
+        return checkpoint_function("MEFL.to_published_state_dict")(self, layout, whole_model)
 
     def __repr__(self) -> str:
         return (f"{self.__class__.__name__}({self.in_channels}, num_main_aus={self.num_main_aus}, "

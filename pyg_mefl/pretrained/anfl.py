@@ -1,6 +1,7 @@
 """Published stage-1 (ANFL) head layouts (SPEC §9) as rename tables, and strict loading and saving
 of :class:`~pyg_mefl.ANFL` heads: the bodies of :meth:`pyg_mefl.ANFL.from_pretrained` and
-:meth:`pyg_mefl.ANFL.to_published_state_dict`."""
+:meth:`pyg_mefl.ANFL.to_published_state_dict`, registered as such (:mod:`pyg_mefl.utils.registry`)
+when this module is imported."""
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Mapping, Optional
@@ -8,6 +9,7 @@ from typing import Dict, List, Mapping, Optional
 from torch import Tensor
 
 from ..nn.anfl import ANFL
+from ..utils.registry import register_checkpoint_function
 from .files import CheckpointParts, read_checkpoint, split_checkpoint
 from .head import load_global_linear
 from .layouts import (_LINEAR, HEAD_PREFIX, LAYOUTS, SAME, SOURCES, Rule, _bn_rules, afg_rules,
@@ -183,3 +185,7 @@ def _build(head: Mapping[str, Tensor], source: Optional[str], cls, overrides: di
                         f"{source} stage-1 checkpoint")
     model.load_state_dict(native, strict=True)
     return model
+
+
+register_checkpoint_function("ANFL.from_pretrained", load_anfl)
+register_checkpoint_function("ANFL.to_published_state_dict", anfl_head_to_published)

@@ -1,5 +1,6 @@
 """Strict loading and saving of whole published MEFL heads (SPEC §8): the bodies of
-:meth:`pyg_mefl.MEFL.from_pretrained` and :meth:`pyg_mefl.MEFL.to_published_state_dict`."""
+:meth:`pyg_mefl.MEFL.from_pretrained` and :meth:`pyg_mefl.MEFL.to_published_state_dict`,
+registered as such (:mod:`pyg_mefl.utils.registry`) when this module is imported."""
 import logging
 from typing import Mapping, Optional
 
@@ -7,6 +8,7 @@ from torch import Tensor
 
 from ..nn.blocks import LinearBlock
 from ..nn.mefl import MEFL
+from ..utils.registry import register_checkpoint_function
 from .files import CheckpointParts, read_checkpoint, split_checkpoint
 from .layouts import LAYOUTS, HeadConfig, check_layout, check_source, published_au_names, \
     read_config
@@ -77,3 +79,7 @@ def load_global_linear(state: dict, source: str) -> Optional[LinearBlock]:
     block = LinearBlock(in_channels, out_channels).to(native["lin.weight"].dtype)
     block.load_state_dict(native, strict=True)
     return block
+
+
+register_checkpoint_function("MEFL.from_pretrained", load_mefl)
+register_checkpoint_function("MEFL.to_published_state_dict", mefl_to_published)

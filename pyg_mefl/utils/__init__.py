@@ -1,1 +1,2 @@
-"""Helpers shared by every layer of the package: typed input checks."""
+"""Helpers shared by every layer of the package: typed input checks, and the registry through
+which the heads' checkpoint methods reach their loaders."""
