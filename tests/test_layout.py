@@ -10,7 +10,7 @@ import pyg_mefl
 PACKAGE = pathlib.Path(pyg_mefl.__file__).parent
 # Lower layers first: a module may import, at module level, only from its own layer or below.
 LAYERS = {"utils": 0, "data": 1, "io": 1, "transforms": 1, "nn": 2, "pretrained": 3, "models": 4,
-          "faces": 5, "train": 5, "cli": 6}
+          "faces": 5, "train": 5, "cli": 6, "testing": 7}
 # Names the first release exported from the top level (they must stay there).
 FIRST_RELEASE = [
     "AUFeatureBlocks", "AUMetrics", "BP4D_AUS", "CrossAttention", "DISFA_AUS", "FaceAUModel",

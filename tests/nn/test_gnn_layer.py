@@ -6,7 +6,7 @@ from torch_geometric import EdgeIndex
 from torch_geometric.data import Batch
 from torch_geometric.nn import Sequential
 
-from pairs import make_pair, relative_error
+from pyg_mefl.testing.pairs import make_pair, relative_error
 from pyg_mefl import GatedGNN, GatedGNNLayer, SlotBatchNorm, complete_au_graph, face_graph
 from pyg_mefl.nn.norm import add_relu_norm, apply_norm, apply_norm_
 
