@@ -14,6 +14,8 @@ communication hook (the bytes of each gradient bucket), the collectives of the s
 and of the global-batch loss by wrapping ``torch.distributed.all_reduce`` (bytes and calls by the
 calling module). Steps per second are global steps (B faces each). The machine's load average is
 recorded: timings on a shared machine are noisy, so compare configurations of one run only.
+Each configuration sets its processes' threads (``CONFIGURATIONS``): ``--threads`` does not
+apply here.
 """
 import os
 import sys
