@@ -48,8 +48,10 @@ check-install:
 demo: $(STAMP)
 	$(PY) examples/train_au.py --epochs 5 --out runs/demo
 
+# the head's full grid, kNN graphs and scatter path (benchmarks/results/head-full.json); every
+# suite: $(PY) -m benchmarks --help
 bench: $(STAMP)
-	$(PY) benchmarks/bench_mefl.py --out benchmarks/results.json
+	$(PY) -m benchmarks head
 
 clean:
 	rm -rf $(VENV) $(VENV)-fresh runs build *.egg-info

@@ -8,12 +8,8 @@ model's input from a square crop at margin m (then the source's eval transform, 
 ``CenterCrop(224)``) is to mexca's input for the same face: the Pearson correlation of the two
 grey-level 224 x 224 inputs (insensitive to the two pipelines' different intensity scaling).
 
-    python benchmarks/crop_margin.py [--out benchmarks/results/crop_margin.json]
+    python -m benchmarks crop-margin    # benchmarks/results/crop-margin.json
 """
-import argparse
-import json
-from pathlib import Path
-
 import numpy as np
 import torch
 from PIL import Image
@@ -22,7 +18,11 @@ from pyg_mefl.faces import FaceDetector, mexca_face_crops, square_face_crop
 from pyg_mefl.io import Source, read_video
 from pyg_mefl.models.preprocessing import published_transform
 
-MEDIA = Path(__file__).resolve().parents[1] / ".venv" / "test-media"
+from .measure import ROOT
+
+__all__ = ["add_arguments", "run"]
+
+MEDIA = ROOT / ".venv" / "test-media"
 MARGINS = [-0.1, -0.05, 0.0, 0.05, 0.1, 256 / 224 - 1, 0.2, 0.3]
 FRAMES_PER_VIDEO = 4
 
@@ -42,11 +42,11 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.corrcoef(torch.stack([a.mean(0).flatten(), b.mean(0).flatten()]))[0, 1].item()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" /
-                        "crop_margin.json")
-    args = parser.parse_args()
+def add_arguments(parser) -> None:
+    """No options of its own: the margins and the media are fixed."""
+
+
+def run(args, log) -> dict:
     detector, transform = FaceDetector(), published_transform("opengraphau")
     scores = {margin: [] for margin in MARGINS}
     faces_per_image = {}
@@ -63,12 +63,7 @@ def main():
               "correlation_with_mexca_input": {
                   f"{m:.3f}": {"mean": float(np.mean(v)), "min": float(np.min(v))}
                   for m, v in scores.items()}}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{result['faces']} faces")
+    log(f"{result['faces']} faces")
     for margin, row in result["correlation_with_mexca_input"].items():
-        print(f"margin {margin}: mean correlation {row['mean']:.3f}, min {row['min']:.3f}")
-
-
-if __name__ == "__main__":
-    main()
+        log(f"margin {margin}: mean correlation {row['mean']:.3f}, min {row['min']:.3f}")
+    return result

@@ -1,4 +1,5 @@
-"""The machine the benchmark runs on: CPU, memory, library versions, float32 sgemm rate."""
+"""The machine a benchmark runs on: CPU, memory, library versions, load, float32 sgemm rate, and
+the OpenMP wait policy of the worker processes."""
 import os
 import platform
 import statistics
@@ -6,6 +7,7 @@ import time
 
 
 def sgemm_rate(threads: int, size: int = 4096, repeats: int = 5) -> float:
+    """GFLOP/s of a float32 ``size`` x ``size`` matrix product on ``threads`` threads (median)."""
     import torch
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -50,3 +52,20 @@ def machine_info(threads: int) -> dict:
             "torch_geometric": torch_geometric.__version__, "torch_scatter": scatter_version,
             "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "loadavg_start": os.getloadavg()}
+
+
+WAIT_POLICIES = ("inherit", "passive", "active")
+
+
+def add_wait_policy_argument(parser) -> None:
+    """``--omp-wait-policy``, for the modes that measure in worker processes."""
+    parser.add_argument("--omp-wait-policy", choices=WAIT_POLICIES, default="inherit",
+                        help="OMP_WAIT_POLICY of the worker processes (default: as in the "
+                             "environment)")
+
+
+def wait_policy(args) -> str:
+    """The OMP_WAIT_POLICY the worker processes run under."""
+    if args.omp_wait_policy != "inherit":
+        return args.omp_wait_policy.upper()
+    return os.environ.get("OMP_WAIT_POLICY", "unset")

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# The GPU checks of issue 14 in one run, from the repository root:
+# The GPU checks in one run, from the repository root:
 #   OUT=/some/folder bash benchmarks/run_cuda.sh
 # 1. the machine and the versions; 2. the CUDA tests (tests/nn/test_cuda.py: numbers against the
 # dense reference, no host sync, bf16 autocast, compiled eval, allocator peaks); 3. the benchmark
-# (benchmarks/bench_cuda.py, float32 and bf16 autocast, results in $OUT/results_cuda.json);
+# (python -m benchmarks cuda, float32 and bf16 autocast, results in $OUT/cuda.json);
 # 4. if time is left, the whole-model graph-break checks of tests/nn/test_compile.py (on the
 # CPU) under this torch.
 # Every part runs even if an earlier one fails; the exit status is that of the first failure.
 # The log goes to $OUT/log.txt (and the pytest JUnit reports next to it). Knobs (environment):
-# BENCH_ARGS (extra arguments of bench_cuda.py, e.g. "--budget-s 100"), TEST_TIMEOUT_S,
+# BENCH_ARGS (extra arguments of the cuda mode, e.g. "--budget-s 100"), TEST_TIMEOUT_S,
 # BENCH_TIMEOUT_S, COMPILE_TESTS ("0" skips part 4), DEADLINE_S (no part 4 after it).
 set -o pipefail
 OUT=${OUT:?set OUT to the output folder}
@@ -39,8 +39,8 @@ import pyg_mefl; print('pyg_mefl imports')"
 part cuda-tests timeout "${TEST_TIMEOUT_S:-150}" "$PY" -m pytest -q -rs -p no:cacheprovider \
     tests/nn/test_cuda.py --junitxml="$OUT/junit_cuda.xml"
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of arguments
-part benchmark timeout "${BENCH_TIMEOUT_S:-200}" "$PY" benchmarks/bench_cuda.py \
-    --out "$OUT/results_cuda.json" ${BENCH_ARGS:-}
+part benchmark timeout "${BENCH_TIMEOUT_S:-200}" "$PY" -m benchmarks cuda \
+    --out "$OUT/cuda.json" ${BENCH_ARGS:-}
 if [ "${COMPILE_TESTS:-1}" != 0 ] && [ $((SECONDS - START)) -lt "${DEADLINE_S:-200}" ]; then
     part compile-tests timeout 60 "$PY" -m pytest -q -p no:cacheprovider \
         tests/nn/test_compile.py -k "test_mefl_one_graph_and_compiled_equals_eager" -x \

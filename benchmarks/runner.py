@@ -1,16 +1,16 @@
-"""The worker process's entry, and the runs against the dense reference head.
+"""The ``head`` mode's worker process, and the runs against the dense reference head.
 
 ``worker`` measures one (implementation, mode, B, N): the peak memory of its first step
-(``memory.measure_step``), then, with ``--time``, the median step time of each listed
+(``measure.measure_step``), then, with ``--time``, the median step time of each listed
 implementation, alternating; the dense worker times both on identical weights
-(``tests/pairs.make_pair``). ``check_equivalence``: same weights, same outputs.
+(``pyg_mefl.testing.pairs.make_pair``). ``check_equivalence``: same weights, same outputs.
 """
 import statistics
 import time
 
-from memory import measure_step
-from scatter import scatter_worker
-from workloads import CHANNELS, TOKENS, build, count_flops, make_step, sub_aus
+from .measure import alternate, measure_step
+from .scatter import scatter_worker
+from .workloads import CHANNELS, TOKENS, build, count_flops, make_step, sub_aus
 
 
 def worker(args) -> dict:
@@ -20,7 +20,7 @@ def worker(args) -> dict:
         return scatter_worker(args)
     timed = [impl for impl in args.time.split(",") if impl]
     if args.impl == "dense" and "pyg" in timed:  # same weights for the paired timing
-        from pairs import make_pair
+        from pyg_mefl.testing.pairs import make_pair
         dense, ours = make_pair(CHANNELS, args.aus, sub_aus(args.aus), seed=0)
         models = {"dense": dense, "pyg": ours}
         x = torch.randn(args.batch, TOKENS, CHANNELS, generator=torch.Generator().manual_seed(1))
@@ -52,15 +52,10 @@ def worker(args) -> dict:
             warm[impl] = steps[impl]()
             first += time.perf_counter() - start
     if args.mode == "eval" and len(warm) == 2:
-        from pairs import relative_error
+        from pyg_mefl.testing.pairs import relative_error
         out["rel_error"] = relative_error(warm["pyg"], warm["dense"])
     repeats = max(2, min(args.repeats, int(args.budget / max(first, 1e-3))))
-    times = {impl: [] for impl in timed}
-    for _ in range(repeats):
-        for impl in timed:
-            start = time.perf_counter()
-            steps[impl]()
-            times[impl].append(time.perf_counter() - start)
+    times = alternate({impl: steps[impl] for impl in timed}, repeats)
     for impl in timed:
         entry = out.setdefault(impl, {})
         entry.update(times_s=times[impl], median_s=statistics.median(times[impl]))
@@ -80,7 +75,7 @@ def worker(args) -> dict:
 def check_equivalence() -> dict:
     """Same weights, same outputs: pyg_mefl against the dense head at C = 512, N = 27 + 14."""
     import torch
-    from pairs import make_pair, relative_error
+    from pyg_mefl.testing.pairs import make_pair, relative_error
     out = {}
     for dtype in (torch.float32, torch.float64):
         dense, model = make_pair(CHANNELS, 27, 14, seed=0, dtype=dtype)

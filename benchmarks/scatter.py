@@ -4,9 +4,9 @@ the measured effect of ``torch_scatter`` (worker side: ``scatter_worker``; drive
 import statistics
 import time
 
-from memory import run_worker
-from report import fmt_time
-from workloads import build, gnn_layer_step, make_step
+from .measure import run_worker
+from .report import fmt_time
+from .workloads import build, gnn_layer_step, make_step
 
 DISPATCH = (
     "On CPU, torch_geometric.utils.scatter runs sum/mean as native scatter_add_ and max/min as "
@@ -76,8 +76,8 @@ def scatter_report(args, log) -> dict:
     plans = [("uniform", 32), ("scatter", 32), ("segment", 32), ("model", 8)]
     for graph, batch in plans:
         for mode in ("eval", "train"):
-            result = run_worker(args, impl="pyg", gnn_graph=graph, mode=mode, batch=batch, aus=27,
-                                repeats=3 if args.quick else 7)
+            result = run_worker("head", args, impl="pyg", gnn_graph=graph, mode=mode,
+                                batch=batch, aus=27, repeats=3 if args.quick else 7)
             entry = {"workload": ("MEFL step" if graph == "model" else
                                   f"GatedGNNLayer, {graph} graph"), "mode": mode, "B": batch,
                      **result}

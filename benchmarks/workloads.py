@@ -1,10 +1,13 @@
-"""Workloads of the benchmark: models and inputs, one step of each mode, FLOP counts.
+"""Workloads of the head benchmarks (modes ``head``, ``bounds``, ``layouts``, ``cuda``): models and
+inputs, one step of each mode, FLOP counts, the ``mode:BxN`` configurations.
 
 Shapes: D = ``TOKENS`` tokens, C = ``CHANNELS`` channels, N main AUs and ``sub_aus(N)`` sub
-AUs. ``build`` gives a model of either implementation ("dense": ``tests/dense_reference``;
-"pyg": ``pyg_mefl.MEFL``), with per-face k-nearest-neighbour graphs for ``knn``;
-``gnn_layer_step`` one GatedGNNLayer on a complete, random or CSR-sorted AU graph.
+AUs. ``build`` gives a model of either implementation ("dense":
+``pyg_mefl.testing.dense_reference``; "pyg": ``pyg_mefl.MEFL``), with per-face
+k-nearest-neighbour graphs for ``knn``; ``gnn_layer_step`` one GatedGNNLayer on a complete,
+random or CSR-sorted AU graph.
 """
+import argparse
 import math
 from collections import Counter
 
@@ -13,6 +16,20 @@ TOKENS, CHANNELS = 49, 512
 
 def sub_aus(num_aus: int) -> int:
     return 14 if num_aus == 27 else 0
+
+
+def parse_configs(text: str) -> list:
+    """``"eval:8x27,train:32x27"`` as ``[("eval", 8, 27), ("train", 32, 27)]`` (mode, B, N); an
+    argparse type (its error is the message argparse prints)."""
+    configs = []
+    for item in text.split(","):
+        mode, _, size = item.partition(":")
+        faces, _, aus = size.partition("x")
+        if mode not in ("eval", "train") or not faces.isdigit() or not aus.isdigit():
+            raise argparse.ArgumentTypeError(
+                f"expected mode:BxN items with mode eval or train, got {item!r}")
+        configs.append((mode, int(faces), int(aus)))
+    return configs
 
 
 def knn_edge_index(features, k: int):
@@ -36,7 +53,7 @@ def build(impl: str, num_faces: int, num_aus: int, knn: int = 0, channels: int =
     torch.manual_seed(seed)
     x = torch.randn(num_faces, tokens, channels)
     if impl == "dense":
-        from dense_reference import DenseMEFL
+        from pyg_mefl.testing.dense_reference import DenseMEFL
         return DenseMEFL(channels, num_aus, sub_aus(num_aus)), x
     from pyg_mefl import MEFL, face_graph
     from torch_geometric.data import Batch

@@ -1,13 +1,10 @@
-"""Test-wide set-up: the shared references (``dense_reference``, ``pairs``, ``image_lists``) in
-this folder are importable from the test folders that mirror the package; the ``one_thread``
-fixture."""
-import os
-import sys
-
+"""Test-wide set-up: the ``one_thread`` fixture. The references the tests compare against are
+in ``pyg_mefl.testing``; the test-only helpers of this folder (``real_media``, ``media_files``,
+``image_lists``) are importable from its subfolders because pytest puts the folder of this
+conftest on ``sys.path`` (its default ``prepend`` import mode, for a folder without
+``__init__.py``)."""
 import pytest
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")

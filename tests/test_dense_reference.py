@@ -1,14 +1,11 @@
-"""Sanity tests of the dense MEFL reference (tests/dense_reference.py) against SPEC.md."""
+"""Sanity tests of the dense MEFL reference (pyg_mefl.testing.dense_reference) against SPEC."""
 import math
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from dense_reference import (  # noqa: E402
+from pyg_mefl.testing.dense_reference import (
     SUB_AU_MAIN_INDEX,
     DenseGatedGNNLayer,
     DenseGEM,

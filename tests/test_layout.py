@@ -11,7 +11,7 @@ PACKAGE = pathlib.Path(pyg_mefl.__file__).parent
 # Lower layers first: a module may import, at module level and inside functions, only from its
 # own layer or below. The package's own __init__ and __main__ sit above every layer.
 LAYERS = {"utils": 0, "data": 1, "io": 1, "transforms": 1, "nn": 2, "pretrained": 3, "models": 4,
-          "faces": 5, "train": 5, "cli": 6}
+          "faces": 5, "train": 5, "cli": 6, "testing": 7}
 ABOVE_THE_LAYERS = max(LAYERS.values()) + 1
 # Names the first release exported from the top level (they must stay importable from there).
 FIRST_RELEASE = [

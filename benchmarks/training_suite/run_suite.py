@@ -1,9 +1,9 @@
 """Train examples/train_au.py on every family of the suite, next to three baselines, and keep
 every run's figures in results.json (recipes are compared there before a default is chosen).
 
-    python benchmarks/training_suite/run_suite.py                       # default flags
-    python benchmarks/training_suite/run_suite.py --recipe lr3e-3 -- --lr 3e-3
-    python benchmarks/training_suite/run_suite.py --table               # README table
+    python -m benchmarks.training_suite.run_suite                       # default flags
+    python -m benchmarks.training_suite.run_suite --recipe lr3e-3 -- --lr 3e-3
+    python -m benchmarks.training_suite.run_suite --table               # README table
 
 A recipe is a name and the train_au.py flags after ``--``; runs already in results.json are
 skipped (delete an entry to rerun it). Baselines (predict every AU present, a token-wise MLP
@@ -21,14 +21,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from pyg_mefl.train.baselines import ridge_probe, token_mlp_probe
+from pyg_mefl.train.metrics import AUMetrics
+
+from .families import FAMILIES, make_family
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-sys.path.insert(0, ROOT)
-
-from families import FAMILIES, make_family  # noqa: E402
-from pyg_mefl.train.baselines import ridge_probe, token_mlp_probe  # noqa: E402
-from pyg_mefl.train.metrics import AUMetrics  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results.json")
 DEFAULT = "default"

@@ -169,7 +169,7 @@ def load_model(args: argparse.Namespace, device: torch.device):
 def prepare_for_inference(model, device: torch.device):
     """``model`` in eval mode on ``device``, its backbone in channels-last memory format: same
     numbers to round-off, faster on CPU (ResNet-50 whole model, B = 8: 1.26 s against 1.35 s and
-    4.0 s against 6.4 s in two runs of ``benchmarks/bench_predict.py`` on a busy machine)."""
+    4.0 s against 6.4 s in two runs of ``python -m benchmarks predict`` on a busy machine)."""
     model = model.eval().to(device)
     model.backbone.to(memory_format=torch.channels_last)
     return model

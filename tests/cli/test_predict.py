@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from media_files import face_like, truncate, write_video
-from dense_reference import DenseLinearBlock, DenseMEFL, to_layout, wrap
+from pyg_mefl.testing.dense_reference import DenseLinearBlock, DenseMEFL, to_layout, wrap
 from pyg_mefl.cli import main
 from pyg_mefl.cli.draw import MIN_HEIGHT, describe
 

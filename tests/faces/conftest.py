@@ -9,8 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from published_models import (ReferenceModel, random_backbone_state, reference_head,
-                              save_hub_directory, whole_model_state)
+from pyg_mefl.testing.published_models import (ReferenceModel, random_backbone_state,
+                                               reference_head, save_hub_directory,
+                                               whole_model_state)
 from real_media import MULTI_FACE, NO_FACE, SINGLE_FACE, media
 
 pytest.importorskip("facenet_pytorch")

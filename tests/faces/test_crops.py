@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from face_reference import MEAN, STD, mexca_mtcnn
+from pyg_mefl.testing.face_reference import MEAN, STD, mexca_mtcnn
 from pyg_mefl.faces import (DEFAULT_MARGIN, FaceDetector, aligned_face_crop, mexca_face_crops,
                             similarity_transform, square_box, square_face_crop)
 from pyg_mefl.faces.crops import FRONTAL_TEMPLATE

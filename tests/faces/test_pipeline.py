@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import decoded_frames
-from face_reference import mexca_faces
+from pyg_mefl.testing.face_reference import mexca_faces
 from pyg_mefl.faces import FaceAUPipeline, FaceDetector, FrameFaces, box_iou, mexca_face_crops
 from pyg_mefl.io import InputError
 from real_media import MULTI_FACE, NO_FACE, SAME_SIZE, SINGLE_FACE, media

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from conftest import decoded_frames
-from face_reference import mexca_faces
+from pyg_mefl.testing.face_reference import mexca_faces
 from pyg_mefl.cli import main
 from real_media import MULTI_FACE, NO_FACE, media
 

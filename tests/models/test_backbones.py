@@ -3,8 +3,9 @@ Microsoft Swin layout mapped onto timm's, and the backbone read off a file's key
 import pytest
 import torch
 
-from published_models import (RESNET_WIDTH, SWIN, ReferenceTrunk, microsoft_swin_state,
-                              random_backbone_state, timm_swin, torchvision_resnet)
+from pyg_mefl.testing.published_models import (RESNET_WIDTH, SWIN, ReferenceTrunk,
+                                               microsoft_swin_state, random_backbone_state,
+                                               timm_swin, torchvision_resnet)
 from pyg_mefl.models import ImageTokens, ResNetTokens, SwinTokens, build_backbone
 from pyg_mefl.pretrained.backbone_layouts import backbone_channels, detect_backbone
 from pyg_mefl.pretrained.swin import FIXED, swin_rules, swin_to_native, swin_to_published

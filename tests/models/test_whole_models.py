@@ -9,9 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pairs import relative_error
-from published_models import (ReferenceModel, random_backbone_state, reference_head,
-                              save_hub_directory, save_training_checkpoint, whole_model_state)
+from pyg_mefl.testing.pairs import relative_error
+from pyg_mefl.testing.published_models import (ReferenceModel, random_backbone_state,
+                                               reference_head, save_hub_directory,
+                                               save_training_checkpoint, whole_model_state)
 from pyg_mefl import ANFL, BP4D_AUS, DISFA_AUS, MEFL, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS
 from pyg_mefl import FaceAUModel
 

@@ -1,12 +1,14 @@
 """The stage-1 head (ANFL), its graph layer and the facial kNN graph against the dense reference
-of SPEC §9 (tests/anfl_reference.py): outputs, gradients, BN statistics, ties, face graphs."""
+of SPEC §9 (``pyg_mefl.testing.anfl_reference``): outputs, gradients, BN statistics, ties, face
+graphs."""
 import pytest
 import torch
 from torch_geometric import EdgeIndex
 from torch_geometric.data import Batch
 
-from anfl_reference import DenseANFL, knn_adjacency, normalize_rows_and_columns, to_anfl_layout
-from pairs import randomize_batchnorms, relative_error
+from pyg_mefl.testing.anfl_reference import (DenseANFL, knn_adjacency,
+                                             normalize_rows_and_columns, to_anfl_layout)
+from pyg_mefl.testing.pairs import randomize_batchnorms, relative_error
 from pyg_mefl import ANFL, ANFLLayer, au_knn_graph, face_graph
 from pyg_mefl.pretrained import load_anfl_head
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from pairs import make_pair, relative_error
 from pyg_mefl.nn.fused.gem import uses_face_basis
+from pyg_mefl.testing.pairs import make_pair, relative_error
 from pyg_mefl import (MEFL, GatedGNNLayer, GraphEdgeModel, GraphLayout, complete_au_graph,
                       edge_slots, face_graph)
 

@@ -8,7 +8,7 @@ import torch_geometric
 from torch._subclasses.fake_tensor import DataDependentOutputException, FakeTensorMode
 from torch_geometric.data import Batch
 
-from pairs import make_pair, relative_error
+from pyg_mefl.testing.pairs import make_pair, relative_error
 from pyg_mefl import MEFL, GatedGNNLayer, complete_au_graph, face_graph
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from pairs import make_pair, relative_error
+from pyg_mefl.testing.pairs import make_pair, relative_error
 from pyg_mefl import face_graph
 from pyg_mefl.data import GraphLayout, complete_au_graph, edge_slots
 from pyg_mefl.nn import GatedGNNLayer, GraphEdgeModel

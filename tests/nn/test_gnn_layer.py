@@ -6,13 +6,13 @@ from torch_geometric import EdgeIndex
 from torch_geometric.data import Batch
 from torch_geometric.nn import Sequential
 
-from pairs import make_pair, relative_error
 from pyg_mefl import (GatedGNN, GatedGNNLayer, GraphLayout, SlotBatchNorm, complete_au_graph,
                       face_graph)
 from pyg_mefl.nn import fused
 from pyg_mefl.nn.fused import blocks as fused_blocks, gem as fused_gem, gnn as fused_gnn
 from pyg_mefl.nn.fused import mefl as fused_mefl
 from pyg_mefl.nn.fused.norm import add_relu_norm, norm_rows, norm_rows_
+from pyg_mefl.testing.pairs import make_pair, relative_error
 
 
 def complete_in_order(num_aus):

@@ -3,9 +3,9 @@ on the fast paths and on the layers' reference bodies."""
 import pytest
 import torch
 
-from pairs import make_pair, relative_error
 from pyg_mefl.nn.fused import mefl as fused_mefl
 from pyg_mefl.nn.fused.gem import graph_edge_model
+from pyg_mefl.testing.pairs import make_pair, relative_error
 from pyg_mefl.pretrained import HeadConfig, to_native
 
 TOL = 1e-5

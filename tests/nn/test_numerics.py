@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from pairs import make_pair, relative_error
+from pyg_mefl.testing.pairs import make_pair, relative_error
 from pyg_mefl import MEFL
 
 

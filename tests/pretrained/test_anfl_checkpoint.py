@@ -5,9 +5,9 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from anfl_reference import DenseANFL, to_anfl_layout
-from dense_reference import DenseLinearBlock, DenseMEFL, to_layout
-from pairs import randomize_batchnorms, relative_error
+from pyg_mefl.testing.anfl_reference import DenseANFL, to_anfl_layout
+from pyg_mefl.testing.dense_reference import DenseLinearBlock, DenseMEFL, to_layout
+from pyg_mefl.testing.pairs import randomize_batchnorms, relative_error
 from pyg_mefl import (ANFL, BP4D_AUS, DISFA_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS,
                       anfl_head_to_published, detect_stage, load_anfl_head)
 

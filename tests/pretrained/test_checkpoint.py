@@ -8,8 +8,8 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from dense_reference import DenseLinearBlock, DenseMEFL, to_layout, wrap
-from pairs import randomize_batchnorms, relative_error
+from pyg_mefl.testing.dense_reference import DenseLinearBlock, DenseMEFL, to_layout, wrap
+from pyg_mefl.testing.pairs import randomize_batchnorms, relative_error
 from pyg_mefl import BP4D_AUS, DISFA_AUS, OPENGRAPHAU_MAIN_AUS, OPENGRAPHAU_SUB_AUS, LinearBlock
 from pyg_mefl import MEFL
 from pyg_mefl.pretrained import CheckpointParts

@@ -29,9 +29,10 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from PIL import Image
 
-from pairs import relative_error
-from published_models import (ReferenceModel, random_backbone_state, reference_head,
-                              save_hub_directory, whole_model_state)
+from pyg_mefl.testing.pairs import relative_error
+from pyg_mefl.testing.published_models import (ReferenceModel, random_backbone_state,
+                                               reference_head, save_hub_directory,
+                                               whole_model_state)
 from pyg_mefl import FaceAUModel
 from pyg_mefl.pretrained.files import is_hub_id
 

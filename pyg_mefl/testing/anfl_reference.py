@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dense_reference import SUB_AU_MAIN_INDEX, DenseLinearBlock, _cosine_to_prototype
+from .dense_reference import SUB_AU_MAIN_INDEX, DenseLinearBlock, _cosine_to_prototype
 
 
 def knn_adjacency(node_features, k, metric="dots"):

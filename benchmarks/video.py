@@ -9,9 +9,9 @@
   depend on the values).
 - mexca's pipeline as published (its ``FaceExtractor`` defaults): each frame alone (batch size 1)
   through facenet-pytorch's ``MTCNN.detect`` and ``MTCNN.extract`` (mexca's settings), ImageNet
-  normalisation, then the dense MEFARG: torchvision's ResNet-50 trunk, the dense global linear
-  block and the dense MEFL head (``tests/dense_reference.py``, which runs at the published code's
-  speed: ``bench_bounds.py``), under ``torch.no_grad``; frames decoded one at a time with PyAV
+  normalisation, then the dense MEFARG: torchvision's ResNet-50 trunk, the dense global linear block
+  and the dense MEFL head (``pyg_mefl.testing.dense_reference``, which runs at the published code's
+  speed: the ``bounds`` mode), under ``torch.no_grad``; frames decoded one at a time with PyAV
   (mexca's ``read_video`` per frame is slower still).
 - pyg_mefl: ``python -m pyg_mefl predict --checkpoint DIR`` in fp32 and with
   ``--precision bf16``.
@@ -20,8 +20,8 @@ Each process is timed from start to exit (imports and model loading included) an
 resident memory read from the kernel (``wait4``). A separate run on a one-frame video gives each
 tool's start-up time, so that the steady frame rate can be given too. Rounds alternate the tools.
 
-    python benchmarks/bench_video.py [--frames 20] [--rounds 2] [--threads 2]
-    python benchmarks/bench_video.py --long-minutes 10   # peak memory over a long video
+    python -m benchmarks video [--frames 20] [--rounds 2] [--threads 2]
+    python -m benchmarks video --long-minutes 10   # peak memory over a long video
 
 It also measures the price of ``--precision bf16``: on the photos and the video, the largest
 change of any AU probability against fp32 and the share of AU decisions at 0.5 that flip.
@@ -30,7 +30,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,17 +38,18 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
+from .measure import ROOT, alternate
+
+__all__ = ["add_arguments", "run", "worker"]
+
 MEDIA = ROOT / ".venv" / "test-media"
 SEED, CHANNELS = 7, 512
 
 
 def model_weights():
     """(reference model, mexca-layout state dict) of the benchmark's ResNet-50 model."""
-    sys.path.insert(0, str(ROOT / "tests"))
-    from published_models import (ReferenceModel, random_backbone_state, reference_head,
-                                  whole_model_state)
+    from pyg_mefl.testing.published_models import (ReferenceModel, random_backbone_state,
+                                                   reference_head, whole_model_state)
     head = reference_head(2, "mexca", CHANNELS, 27, 14, SEED)
     trunk = random_backbone_state("resnet50", SEED)
     reference = ReferenceModel("resnet50", trunk, head, CHANNELS, SEED).eval()
@@ -73,15 +73,14 @@ def write_group_video(path: Path, frames: int, rate: int = 25, repeat: int = 1):
             container.mux(packet)
 
 
-def mexca_worker(args) -> None:
-    """mexca's FaceExtractor loop, frame by frame; writes the faces' probabilities as JSON."""
+def worker(args) -> dict:
+    """mexca's FaceExtractor loop, frame by frame; writes the faces' probabilities as JSON to
+    ``--result``."""
     import av
     import torch
     from PIL import Image
     from torchvision import transforms
-    torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(ROOT / "tests"))
-    from face_reference import MEAN, STD, mexca_mtcnn
+    from pyg_mefl.testing.face_reference import MEAN, STD, mexca_mtcnn
     reference, _ = model_weights()
     mtcnn = mexca_mtcnn()
     normalize = transforms.Compose([transforms.ConvertImageDtype(torch.float),
@@ -112,6 +111,7 @@ def mexca_worker(args) -> None:
                 out.append(prob.tolist())
     Path(args.result).write_text(json.dumps({"frames": count, "faces": out,
                                              "loop_s": time.perf_counter() - start}))
+    return {"frames": count, "faces": len(out)}
 
 
 def run_process(command, threads: int) -> dict:
@@ -135,22 +135,20 @@ def predict_probabilities(path: Path) -> list:
 
 def tools(workdir: Path, model_dir: Path, inputs, threads: int):
     python = sys.executable
-    mexca = [python, str(Path(__file__).resolve()), "--worker-mexca", "--threads", str(threads),
+    mexca = [python, "-m", "benchmarks", "video", "--worker", "--threads", str(threads),
              "--result", str(workdir / "mexca.json"), *map(str, inputs)]
     ours = [python, "-m", "pyg_mefl", "predict", "--checkpoint", str(model_dir), "--quiet",
-            "--out", str(workdir / "ours.csv"), *map(str, inputs)]
-    return {"mexca": mexca, "pyg_mefl fp32": ours,
-            "pyg_mefl bf16": ours + ["--precision", "bf16"]}
+            *map(str, inputs)]
+    return {"mexca": mexca, "pyg_mefl fp32": ours + ["--out", str(workdir / "ours_fp32.csv")],
+            "pyg_mefl bf16": ours + ["--precision", "bf16", "--out",
+                                     str(workdir / "ours_bf16.csv")]}
 
 
 def measure(name, inputs, frames, args, workdir, model_dir) -> dict:
     commands = tools(workdir, model_dir, inputs, args.threads)
-    runs = {tool: [] for tool in commands}
-    for _ in range(args.rounds):
-        for tool, command in commands.items():
-            runs[tool].append(run_process(command, args.threads))
-            if tool == "pyg_mefl fp32":
-                ours = predict_probabilities(workdir / "ours.csv")
+    runs = alternate({tool: command for tool, command in commands.items()}, args.rounds,
+                     lambda command: run_process(command, args.threads))
+    ours = predict_probabilities(workdir / "ours_fp32.csv")
     mexca = json.loads((workdir / "mexca.json").read_text())
     difference = float(np.abs(np.array(ours) - np.array(mexca["faces"])).max()) \
         if len(ours) == len(mexca["faces"]) else None
@@ -208,25 +206,18 @@ def precision_price(model_dir: Path, inputs) -> dict:
             "mean_abs_change": float(change.mean()), "decisions_flipped": float(flips.mean())}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--frames", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--long-minutes", type=int, default=0,
                         help="also measure predict's peak memory over a video this long")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "video.json")
-    parser.add_argument("--worker-mexca", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("inputs", nargs="*", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker_mexca:
-        return mexca_worker(args)
-    import torch
+
+
+def run(args, log) -> dict:
     from safetensors.torch import save_file
-    result = {"machine": {"cpu": platform.processor() or platform.machine(),
-                          "cores": os.cpu_count(), "threads": args.threads,
-                          "load_start": os.getloadavg(), "torch": torch.__version__}}
+    result = {}
     with tempfile.TemporaryDirectory() as folder:
         workdir = Path(folder)
         model_dir = workdir / "mefarg"
@@ -242,13 +233,7 @@ def main():
         result["video"] = measure("video", [video], args.frames, args, workdir, model_dir)
         result["photos"] = measure("photos", photos, len(photos), args, workdir, model_dir)
         result["bf16_price"] = precision_price(model_dir, photos + [video])
-        print("bf16 price", result["bf16_price"], flush=True)
+        log(f"bf16 price {result['bf16_price']}")
         if args.long_minutes:
             result["long_video"] = long_video(args, workdir, model_dir)
-    result["machine"]["load_end"] = os.getloadavg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+    return result

@@ -1,12 +1,13 @@
 """Speed, memory, accuracy and host syncs of pyg_mefl against the dense MEFL head on a GPU.
 
-Run from the repository root: ``python benchmarks/bench_cuda.py --out results_cuda.json``
-(``--device cpu`` runs the same logic on the CPU, with small ``--channels`` / ``--tokens`` for a
-quick check). Shapes as in ``bench_mefl.py``: D = 49 tokens, C = 512 channels, N main AUs (14
-sub AUs for N = 27, else none); ``--configs`` lists ``mode:BxN``.
+Run from the repository root: ``python -m benchmarks cuda`` (results in
+``benchmarks/results/cuda.json``, ``cuda-compiled.json`` with ``--compiled``; ``--device cpu`` runs
+the same logic on the CPU, with small ``--channels`` / ``--tokens`` for a quick check, into
+``cuda-on-cpu.json``). Shapes as in the ``head`` mode: D = 49 tokens, C = 512 channels, N main AUs
+(14 sub AUs for N = 27, else none); ``--configs`` lists ``mode:BxN``.
 
 Method:
-    Both models are built by ``tests/pairs.make_pair`` with identical weights, for every
+    Both models are built by ``pyg_mefl.testing.pairs.make_pair`` with identical weights, for every
     configuration afresh. A step is ``workloads.make_step``'s: ``eval`` is one forward pass
     under ``torch.no_grad()`` in evaluation mode; ``train`` is ``zero_grad``, a forward pass in
     training mode, the loss ``-mean(log(clamp(p)))`` and the backward pass. With dtype ``bf16``
@@ -35,33 +36,27 @@ Method:
     reuse the float32 count).
 
     Dense configurations whose estimated peak (``memory.MEM_COEF`` lifted ``[B, N^2, D, C]``
-    float32 tensors, as in ``bench_mefl.py``) exceeds 90 % of the free device memory (CPU: 65 %
+    float32 tensors, as in the ``head`` mode) exceeds 90 % of the free device memory (CPU: 65 %
     of the available memory, at most 16 GB) are skipped and reported; one that still runs out of
     memory is reported with the error, and pyg_mefl is timed alone.
 """
 import argparse
 import contextlib
 import gc
-import json
 import platform
 import statistics
-import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path.insert(0, str(ROOT / "tests"))  # dense_reference, pairs
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))  # workloads, memory, machine, report
+import torch
 
-import torch  # noqa: E402
+from pyg_mefl.testing.pairs import make_pair, relative_error
 
-from machine import meminfo_gb  # noqa: E402
-from memory import MEM_COEF  # noqa: E402
-from pairs import make_pair, relative_error  # noqa: E402
-from report import fmt_mb, fmt_num, fmt_ratio, fmt_time  # noqa: E402
-from workloads import CHANNELS, TOKENS, count_flops, make_step, sub_aus  # noqa: E402
+from .machine import meminfo_gb
+from .measure import MEM_COEF, alternate
+from .report import fmt_mb, fmt_num, fmt_ratio, fmt_time, pair_line, ratio, write_results
+from .workloads import CHANNELS, TOKENS, count_flops, make_step, parse_configs, sub_aus
+
+__all__ = ["add_arguments", "render", "run", "suite"]
 
 IMPLS = ("dense", "pyg")
 DTYPES = {"float32": None, "bf16": torch.bfloat16}
@@ -69,13 +64,20 @@ SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchr
               "cudaMemcpy")  # cudaMemcpy without Async blocks the host
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def dtype_names(text: str) -> list:
+    """``"float32,bf16"`` as a list of the dtypes' names (an argparse type)."""
+    names = text.split(",")
+    if any(name not in DTYPES for name in names):
+        raise argparse.ArgumentTypeError(f"expected some of {', '.join(DTYPES)}, got {text!r}")
+    return names
+
+
+def add_arguments(parser) -> None:
     parser.add_argument("--device", default="cuda", help="cuda (default), cuda:1, cpu")
-    parser.add_argument("--out", type=Path, default=HERE / "results_cuda.json")
-    parser.add_argument("--configs", default="eval:8x27,train:8x27,eval:32x27,train:32x27",
+    parser.add_argument("--configs", type=parse_configs,
+                        default="eval:8x27,train:8x27,eval:32x27,train:32x27",
                         help="mode:BxN, comma-separated")
-    parser.add_argument("--dtypes", default="float32,bf16",
+    parser.add_argument("--dtypes", type=dtype_names, default="float32,bf16",
                         help=f"comma-separated, of {', '.join(DTYPES)}")
     parser.add_argument("--repeats", type=int, default=25, help="most timed steps per row")
     parser.add_argument("--budget-s", type=float, default=120.0,
@@ -87,19 +89,12 @@ def parse_args(argv=None):
                              "graphs: no launch cost per kernel)")
     parser.add_argument("--channels", type=int, default=CHANNELS)
     parser.add_argument("--tokens", type=int, default=TOKENS)
-    args = parser.parse_args(argv)
-    try:
-        args.configs = [(mode, int(size.split("x")[0]), int(size.split("x")[1]))
-                        for mode, size in (item.split(":") for item in args.configs.split(","))]
-    except (ValueError, IndexError):
-        parser.error(f"--configs: expected mode:BxN items, got {args.configs!r}")
-    if any(mode not in ("eval", "train") for mode, _, _ in args.configs):
-        parser.error("--configs: the mode is eval or train")
-    args.dtypes = args.dtypes.split(",")
-    if any(dtype not in DTYPES for dtype in args.dtypes):
-        parser.error(f"--dtypes: expected some of {', '.join(DTYPES)}, got {args.dtypes}")
-    args.device = torch.device(args.device)
-    return args
+
+
+def suite(args) -> str:
+    """``cuda``, ``cuda-compiled``; ``-on-cpu`` for a run on the CPU."""
+    return ("cuda" + ("-compiled" if args.compiled else "")
+            + ("" if args.device.startswith("cuda") else "-on-cpu"))
 
 
 class Device:
@@ -271,10 +266,7 @@ def run_row(args, dev: Device, mode: str, batch: int, num: int, budget_s: float,
         per_step = sum(entries[impl]["step_s"] for impl in impls)
         share = budget_s / len(args.dtypes) / 2  # half of it for the timed steps
         repeats = max(3, min(args.repeats, int(share / max(per_step, 1e-4))))
-        times = {impl: [] for impl in impls}
-        for _ in range(repeats):  # alternating
-            for impl in impls:
-                times[impl].append(dev.time(steps[impl]))
+        times = alternate({impl: steps[impl] for impl in impls}, repeats, dev.time)
         for impl in impls:
             median = statistics.median(times[impl])
             entries[impl].update(times_s=times[impl], median_s=median, tflops_per_s=None
@@ -295,21 +287,10 @@ def first_line(error: Exception) -> str:
     return (str(error).splitlines() or [""])[0][:200]
 
 
-def ratio(a, b):
-    return None if a is None or b is None or b <= 0 else a / b
-
-
 def progress_line(row) -> str:
-    parts = []
-    for impl in IMPLS:
-        entry = row[impl]
-        parts.append(f"{impl} " + (entry.get("skipped") or entry.get("error") or (
-            f"{fmt_time(entry.get('median_s'))} (median of {len(entry.get('times_s', []))}), "
-            f"peak {fmt_mb(entry.get('peak_mb'))}")))
     syncs = row["pyg"].get("host_syncs", {})
-    return (f"{row['mode']:5s} B={row['B']:2d} N={row['N']:2d} {row['dtype']:7s}: "
-            + "; ".join(parts) + f"; speed-up {fmt_ratio(row['speedup'])}, memory "
-            f"{fmt_ratio(row['memory_ratio'])}; pyg host syncs {syncs.get('count', '-')} "
+    return (pair_line(row, f"{row['mode']:5s} B={row['B']:2d} N={row['N']:2d} {row['dtype']:7s}")
+            + f"; pyg host syncs {syncs.get('count', '-')} "
             f"(debug mode: {syncs.get('sync_debug_mode', '-')})")
 
 
@@ -342,13 +323,9 @@ def render(results) -> str:
     return "\n".join(lines)
 
 
-def machine_info(args, dev: Device) -> dict:
-    import torch_geometric
-    import torch_geometric.typing
-    info = {"device": str(dev.device), "python": platform.python_version(),
-            "torch": torch.__version__, "cuda": torch.version.cuda,
-            "torch_geometric": torch_geometric.__version__,
-            "torch_scatter": torch_geometric.typing.WITH_TORCH_SCATTER,
+def device_info(args, dev: Device) -> dict:
+    """The device and the settings of the run (the driver describes the rest of the machine)."""
+    info = {"device": str(dev.device), "cuda": torch.version.cuda,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "compiled": args.compiled, "compile_mode": args.compile_mode,
             "budget_s": args.budget_s}
@@ -362,15 +339,10 @@ def machine_info(args, dev: Device) -> dict:
     return info
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args, log) -> dict:
     started = time.perf_counter()
-
-    def log(message):
-        print(f"[{time.perf_counter() - started:5.0f} s] {message}", flush=True)
-
-    dev = Device(args.device)
-    info = machine_info(args, dev)
+    dev = Device(torch.device(args.device))
+    info = device_info(args, dev)
     log(", ".join(f"{key} {value}" for key, value in info.items()))
     # the counter's control: a step that reads a value back (.item()) must count
     control = torch.ones(4, device=dev.device)
@@ -380,7 +352,6 @@ def main(argv=None):
                "shapes": {"D": args.tokens, "C": args.channels, "sub_aus": "14 for N=27, else 0"},
                "method": " ".join(__doc__.split("Method:")[1].split()), "rows": [],
                "failed": []}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     for index, (mode, batch, num) in enumerate(args.configs):
         left = max(0.0, args.budget_s - (time.perf_counter() - started))
         try:
@@ -390,13 +361,5 @@ def main(argv=None):
             log(f"{mode} B={batch} N={num} failed: {type(error).__name__}: {first_line(error)}")
             results["failed"].append({"config": f"{mode}:{batch}x{num}",
                                       "error": f"{type(error).__name__}: {first_line(error)}"})
-        results["wall_s"] = round(time.perf_counter() - started, 1)
-        args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")  # so far
-    print()
-    print(render(results))
-    log(f"wrote {args.out}")
+        write_results(args.out, results)  # what there is so far, should the run be cut short
     return results
-
-
-if __name__ == "__main__":
-    main()

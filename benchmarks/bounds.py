@@ -1,12 +1,12 @@
 """What bounds pyg_mefl's speed-up over the published head on this machine.
 
-Run ``python benchmarks/bench_bounds.py --out benchmarks/results_bounds.json`` (the file keeps
-every invocation, newest first). For B faces (``--batch``, default 8) of N = 27 + 14 AUs,
-D = 49, C = 512, in ``eval`` and ``train`` (as in ``bench_mefl.py``), it measures two bounds:
+Run ``python -m benchmarks bounds`` (results in ``benchmarks/results/bounds.json``). For B
+faces (``--batch``, default 8) of N = 27 + 14 AUs, D = 49, C = 512, in ``eval`` and ``train``
+(as in the ``head`` mode), it measures two bounds:
 
-1. **The baseline.** The dense reference (``tests/dense_reference.DenseMEFL``, the baseline of
-   every benchmark here) and, with ``--published DIR`` (a directory holding the ``mexca``
-   package, e.g. the unpacked mexca 1.0.4 wheel), the published ``mexca.video.mefl.MEFL``,
+1. **The baseline.** The dense reference (``pyg_mefl.testing.dense_reference.DenseMEFL``, the
+   baseline of every benchmark here) and, with ``--published`` (the ``mexca`` package on
+   ``PYTHONPATH``, e.g. the unpacked mexca 1.0.4 wheel), the published ``mexca.video.mefl.MEFL``,
    loaded strictly with the same weights (``MEFL.to_published_state_dict("mexca")``), timed
    with pyg_mefl's step, alternating in one process (medians). Their outputs are compared.
 2. **The products floor.** Every matrix product (``mm``, ``addmm``, ``bmm``, ``baddbmm``)
@@ -18,23 +18,13 @@ D = 49, C = 512, in ``eval`` and ``train`` (as in ``bench_mefl.py``), it measure
 The remainder (step time less the floor) is everything that is not a product: softmaxes,
 norms, gates, copies and the Python around them.
 """
-import argparse
 import functools
-import json
-import os
 import statistics
-import sys
-import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE.parent / "tests"))
-sys.path.insert(0, str(HERE))
+from .measure import alternate, medians, wall_time
+from .workloads import CHANNELS, TOKENS, make_step, matrix_products, product_flops, sub_aus
 
-from machine import machine_info  # noqa: E402
-from workloads import (CHANNELS, TOKENS, make_step, matrix_products, product_flops,  # noqa: E402
-                       sub_aus)
+__all__ = ["add_arguments", "run"]
 
 
 def products_floor(calls, repeats: int) -> dict:
@@ -49,12 +39,7 @@ def products_floor(calls, repeats: int) -> dict:
 
     def median_time(job):
         job()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            job()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+        return statistics.median(wall_time(job) for _ in range(repeats))
 
     square = torch.randn(2048, 2048)
     seconds = flops = 0.0
@@ -72,26 +57,25 @@ def products_floor(calls, repeats: int) -> dict:
             "sgemm_share": round(gflops / sgemm, 3)}
 
 
-def published_model(directory: str, ours):
+def published_model(ours):
     """mexca's MEFL with the weights of ``ours``, loaded strictly."""
-    sys.path.insert(0, directory)
     try:
         from mexca.video.mefl import MEFL as PublishedMEFL
     except ImportError as error:
-        raise FileNotFoundError(f"--published: no importable mexca package in {directory!r} "
-                                f"({error})") from None
+        raise ModuleNotFoundError(f"--published: mexca's head does not import ({error}); put "
+                                  "the unpacked mexca wheel on PYTHONPATH") from None
     model = PublishedMEFL(ours.in_channels, ours.num_main_aus, ours.num_sub_aus)
     model.load_state_dict(ours.to_published_state_dict("mexca"), strict=True)
     return model
 
 
-def run(mode: str, args) -> dict:
+def run_mode(mode: str, args) -> dict:
     import torch
-    from pairs import make_pair, relative_error
+    from pyg_mefl.testing.pairs import make_pair, relative_error
     dense, ours = make_pair(CHANNELS, 27, sub_aus(27), seed=0)
     models = {"dense": dense, "pyg": ours}
     if args.published:
-        models["mexca"] = published_model(args.published, ours)
+        models["mexca"] = published_model(ours)
     x = torch.randn(args.batch, TOKENS, CHANNELS, generator=torch.Generator().manual_seed(1))
     steps = {name: make_step(model, x, mode) for name, model in models.items()}
     if args.compiled:
@@ -101,56 +85,40 @@ def run(mode: str, args) -> dict:
     if mode == "eval":
         check = {name: relative_error(outputs["pyg"], out) for name, out in outputs.items()
                  if name != "pyg"}
-    times = {name: [] for name in steps}
-    for _ in range(args.rounds):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    step_s = medians(alternate(steps, args.rounds))
     floor = products_floor(matrix_products(make_step(ours, x, mode)), args.repeats)
-    out = {"mode": mode, "batch": args.batch, "rounds": args.rounds, "step_s": medians,
+    out = {"mode": mode, "batch": args.batch, "rounds": args.rounds, "step_s": step_s,
            "relative_difference": check, "products": floor,
-           "speedup": {name: round(medians["dense"] / medians[name], 1)
-                       for name in medians if name.startswith("pyg")},
-           "ceiling": round(medians["dense"] / floor["floor_s"], 1),
-           "remainder_s": {name: medians[name] - floor["floor_s"]
-                           for name in medians if name.startswith("pyg")}}
-    if "mexca" in medians:
-        out["dense_over_published"] = round(medians["dense"] / medians["mexca"], 3)
+           "speedup": {name: round(step_s["dense"] / step_s[name], 1)
+                       for name in step_s if name.startswith("pyg")},
+           "ceiling": round(step_s["dense"] / floor["floor_s"], 1),
+           "remainder_s": {name: step_s[name] - floor["floor_s"]
+                           for name in step_s if name.startswith("pyg")}}
+    if "mexca" in step_s:
+        out["dense_over_published"] = round(step_s["dense"] / step_s["mexca"], 3)
     return out
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--modes", default="eval,train")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds")
     parser.add_argument("--repeats", type=int, default=5, help="timings of each product")
-    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compiled", action="store_true", help="also time torch.compile")
-    parser.add_argument("--published", metavar="DIR",
-                        help="directory holding the mexca package, to time the published head")
-    parser.add_argument("--out", help="JSON file to write")
-    args = parser.parse_args(argv)
-    import torch
-    torch.set_num_threads(args.threads)
-    result = {"machine": machine_info(args.threads), "runs": []}
+    parser.add_argument("--published", action="store_true",
+                        help="also time mexca's own head (mexca on PYTHONPATH, e.g. the "
+                             "unpacked mexca 1.0.4 wheel)")
+
+
+def run(args, log) -> dict:
+    runs = []
     for mode in args.modes.split(","):
-        entry = run(mode, args)
-        result["runs"].append(entry)
+        entry = run_mode(mode, args)
+        runs.append(entry)
         floor, steps = entry["products"], entry["step_s"]
-        print(f"{mode}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in steps.items()) +
-              f"; products {floor['count']} x, {floor['gflop']} GFLOP, floor "
-              f"{floor['floor_s'] * 1e3:.0f} ms ({floor['gflops']} GFLOP/s, "
-              f"{floor['sgemm_share']:.0%} of sgemm's {floor['sgemm_gflops']}); "
-              f"speed-up {entry['speedup']}, ceiling {entry['ceiling']}x", flush=True)
-    result["machine"]["loadavg_end"] = os.getloadavg()
-    if args.out:  # the file keeps earlier invocations after this one
-        path = Path(args.out)
-        earlier = json.loads(path.read_text())["invocations"] if path.exists() else []
-        path.write_text(json.dumps({"invocations": [result] + earlier}, indent=1) + "\n")
-
-
-if __name__ == "__main__":
-    main()
+        log(f"{mode}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in steps.items()) +
+            f"; products {floor['count']} x, {floor['gflop']} GFLOP, floor "
+            f"{floor['floor_s'] * 1e3:.0f} ms ({floor['gflops']} GFLOP/s, "
+            f"{floor['sgemm_share']:.0%} of sgemm's {floor['sgemm_gflops']}); "
+            f"speed-up {entry['speedup']}, ceiling {entry['ceiling']}x")
+    return {"runs": runs}

@@ -1,22 +1,22 @@
 """Images to AU probabilities with a whole published model: pyg_mefl against the published dense
 formulation, and ``python -m pyg_mefl predict`` on a folder of images.
 
-Run ``python benchmarks/bench_predict.py --out benchmarks/predict_results.json``.
+Run ``python -m benchmarks predict`` (results in ``benchmarks/results/predict.json``).
 
-Models: ResNet-50, stage 2 (MEFL), 27 + 14 AUs, C = 512, B = 8 images of 224x224. The dense
-model is the published whole model written from SPEC: torchvision's ResNet-50 trunk, then
-``tests/dense_reference.DenseLinearBlock(2048, 512)`` and ``DenseMEFL(512, 27, 14)``, in eval mode
-under ``torch.no_grad()`` (the published demo). Its weights are written to a file in
-OpenGraphAU's layout, and pyg_mefl's model is ``FaceAUModel.from_pretrained`` of that file,
-run with ``predict`` (eval, ``torch.inference_mode``): the same weights, checked by the largest
-difference of the probabilities.
+Models: ResNet-50, stage 2 (MEFL), 27 + 14 AUs, C = 512, B = 8 images of 224x224 (``--batch``). The
+dense model is the published whole model written from SPEC: torchvision's ResNet-50 trunk, then
+``pyg_mefl.testing.dense_reference.DenseLinearBlock(2048, 512)`` and ``DenseMEFL(512, 27, 14)``, in
+eval mode under ``torch.no_grad()`` (the published demo). Its weights are written to a file in
+OpenGraphAU's layout, and pyg_mefl's model is ``FaceAUModel.from_pretrained`` of that file, run with
+``predict`` (eval, ``torch.inference_mode``): the same weights, checked by the largest difference of
+the probabilities.
 
 Method:
     Memory. Each implementation's peak is measured in a fresh worker process (this file with
-    ``--worker memory``), with ``benchmarks/memory.measure_step``: after one warm-up step (lazy
+    ``--worker --task memory``), with ``measure.measure_step``: after one warm-up step (lazy
     initialisation, thread pools, oneDNN primitives), garbage is collected, the freed heap is
     returned to the kernel and the resident-set high-water mark reset; the peak of the next
-    step is VmHWM after it less the resident set before it (see ``bench_mefl.py``). The workers
+    step is VmHWM after it less the resident set before it (see the ``head`` mode). The workers
     alternate (dense, pyg_mefl, pyg_mefl as the command runs it, dense, ...); the median is
     reported.
 
@@ -26,34 +26,30 @@ Method:
     global linear block alone (images to tokens); the stage-2 head alone and, when stage 1
     loads, the stage-1 head alone on those tokens.
 
-    Folder. 64 JPEG face crops of 256x256 are written to a temporary folder; the predict command's
-    pipeline (``pyg_mefl.cli.predict.predict_sources`` with ``--faces whole``: decoding in a reader
-    thread, batched inference, CSV rows) runs over them at several batch sizes; the model is
-    loaded beforehand, as a long run amortises it. Decoding and preprocessing alone are timed
-    too, to show how much of them the reader thread hides behind inference.
+    Folder. 64 JPEG face crops (``--folder-images``) of 256x256 are written to a temporary folder;
+    the predict command's pipeline (``pyg_mefl.cli.predict.predict_sources`` with ``--faces whole``:
+    decoding in a reader thread, batched inference, CSV rows) runs over them at several batch sizes;
+    the model is loaded beforehand, as a long run amortises it. Decoding and preprocessing alone are
+    timed too, to show how much of them the reader thread hides behind inference.
 
     The machine may be shared: the load average at the start and the end are recorded.
 """
 import argparse
 import io
 import json
-import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-sys.path[:0] = [str(HERE), str(ROOT / "tests"), str(ROOT)]
+from .machine import add_wait_policy_argument, sgemm_rate, wait_policy
+from .measure import alternate, measure_step, medians, run_worker
+from .report import fmt_mb, fmt_ratio, fmt_time
 
-from machine import machine_info, sgemm_rate  # noqa: E402
-from memory import measure_step, run_worker  # noqa: E402
-from report import fmt_mb, fmt_ratio, fmt_time  # noqa: E402
+__all__ = ["add_arguments", "render", "run", "worker"]
 
-BATCH, MAIN_AUS, SUB_AUS, CHANNELS, SEED = 8, 27, 14, 512, 0
-FOLDER_IMAGES, FOLDER_SIDE = 64, 256
+MAIN_AUS, SUB_AUS, CHANNELS, SEED = 27, 14, 512, 0
+FOLDER_SIDE = 256
 FOLDER_BATCHES = (1, 8, 32)
 
 
@@ -61,7 +57,7 @@ def dense_model():
     """The published whole model (SPEC §10) from torchvision and the dense reference."""
     import torch
     import torchvision
-    from dense_reference import DenseLinearBlock, DenseMEFL
+    from pyg_mefl.testing.dense_reference import DenseLinearBlock, DenseMEFL
     torch.manual_seed(SEED)
     model = torch.nn.ModuleDict({"resnet": torchvision.models.resnet50(),
                                  "global_linear": DenseLinearBlock(2048, CHANNELS),
@@ -81,7 +77,7 @@ def write_checkpoints(folder: Path) -> dict:
     """The dense model's weights as an OpenGraphAU stage-2 file, and a stage-1 file with the
     same backbone, global linear and AU blocks (random GNN and similarity weights)."""
     import torch
-    from dense_reference import to_layout, wrap
+    from pyg_mefl.testing.dense_reference import to_layout, wrap
     model = dense_model()
     backbone = {f"backbone.{k}": v for k, v in model["resnet"].state_dict().items()
                 if not k.startswith("fc.")}
@@ -105,7 +101,7 @@ def write_checkpoints(folder: Path) -> dict:
     return {k: str(v) for k, v in paths.items()}
 
 
-def images(batch: int = BATCH):
+def images(batch: int):
     import torch
     return torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(SEED + 2))
 
@@ -127,7 +123,7 @@ def command_input(x):
 
 
 def memory_worker(args) -> dict:
-    x = images()
+    x = images(args.batch)
     if args.impl == "dense":
         model = dense_model()
         step = lambda: dense_forward(model, x)  # noqa: E731
@@ -143,9 +139,9 @@ def memory_worker(args) -> dict:
 
 def time_worker(args) -> dict:
     import torch
-    from pairs import relative_error
+    from pyg_mefl.testing.pairs import relative_error
     paths = json.loads(args.checkpoint)
-    x = images()
+    x = images(args.batch)
     dense, ours = dense_model(), load_pyg(paths["stage2"])
     command, x_command = load_pyg(paths["stage2"], True), command_input(x)
     with torch.inference_mode():
@@ -164,14 +160,8 @@ def time_worker(args) -> dict:
     out["max_abs_diff"] = float((warm["pyg"] - warm["dense"]).abs().max())
     out["rel_error"] = relative_error(warm["pyg"], warm["dense"])
     out["command_max_abs_diff"] = float((warm["pyg_command"] - warm["dense"]).abs().max())
-    times = {name: [] for name in steps}
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    out["times_s"] = times
-    out["median_s"] = {name: statistics.median(t) for name, t in times.items()}
+    out["times_s"] = alternate(steps, args.repeats)
+    out["median_s"] = medians(out["times_s"])
     return out
 
 
@@ -188,15 +178,15 @@ def folder_worker(args) -> dict:
     from pyg_mefl.cli.predict import CSVWriter, predict_sources
     from pyg_mefl.faces import FaceAUPipeline
     model = load_pyg(args.checkpoint, True)
-    out = {"images": FOLDER_IMAGES, "side": FOLDER_SIDE}
+    out = {"images": args.folder_images, "side": FOLDER_SIDE}
     with tempfile.TemporaryDirectory() as folder:
         rng = np.random.default_rng(SEED)
-        for k in range(FOLDER_IMAGES):
+        for k in range(args.folder_images):
             small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
             Image.fromarray(small).resize((FOLDER_SIDE, FOLDER_SIDE), Image.BICUBIC).save(
                 Path(folder) / f"face_{k:03d}.jpg", quality=90)
         sources, problems = collect_sources([folder])
-        assert not problems and len(sources) == FOLDER_IMAGES
+        assert not problems and len(sources) == args.folder_images
 
         def run(batch_size, subset=sources):
             writer = CSVWriter(io.StringIO(), model.au_names)
@@ -214,31 +204,28 @@ def folder_worker(args) -> dict:
         out["predict_s"] = {}
         for batch_size in map(int, args.folder_batches.split(",")):
             out["predict_s"][batch_size] = run(batch_size)
-    out["images_per_s"] = {b: FOLDER_IMAGES / s for b, s in out["predict_s"].items()}
+    out["images_per_s"] = {b: args.folder_images / s for b, s in out["predict_s"].items()}
     return out
 
 
-def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=HERE / "predict_results.json")
-    parser.add_argument("--threads", type=int, default=2)
+def add_arguments(parser) -> None:
+    parser.add_argument("--batch", type=int, default=8, help="images a step")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
     parser.add_argument("--memory-repeats", type=int, default=2,
                         help="fresh processes per implementation for the peak memory")
+    parser.add_argument("--folder-images", type=int, default=64,
+                        help="JPEG crops in the folder predict runs over")
     parser.add_argument("--folder-batches", default=",".join(map(str, FOLDER_BATCHES)),
                         help="batch sizes of the folder runs, comma-separated")
-    parser.add_argument("--omp-wait-policy", choices=("inherit", "passive", "active"),
-                        default="inherit")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    add_wait_policy_argument(parser)
     parser.add_argument("--task", choices=("memory", "time", "folder"), help=argparse.SUPPRESS)
     parser.add_argument("--impl", choices=("dense", "pyg", "pyg_command"), help=argparse.SUPPRESS)
     parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
-    return parser.parse_args()
 
 
 def render(results) -> str:
     t, m, f = results["time"]["median_s"], results["memory"], results["folder"]
-    lines = [f"| B = {BATCH} images -> probabilities | time | speed-up | peak memory | "
+    lines = [f"| B = {results['batch']} images -> probabilities | time | speed-up | peak memory | "
              f"memory ratio |", "|---|---|---|---|---|",
              f"| dense (the published model) | {fmt_time(t['dense'])} | 1x | "
              f"{fmt_mb(m['dense_mb'])} | 1x |"]
@@ -246,69 +233,59 @@ def render(results) -> str:
                         ("pyg_command", "pyg_mefl as `predict` runs it (channels-last)")):
         lines.append(f"| {label} | {fmt_time(t[impl])} | {fmt_ratio(t['dense'] / t[impl])} | "
                      f"{fmt_mb(m[impl + '_mb'])} | {fmt_ratio(m['dense_mb'] / m[impl + '_mb'])} |")
-    lines += ["", "| pyg_mefl part (B = 8) | time |", "|---|---|"]
+    lines += ["", f"| pyg_mefl part (B = {results['batch']}) | time |", "|---|---|"]
     for name, label in (("backbone", "ResNet-50 + global linear (images -> tokens)"),
                         ("stage1_head", "stage-1 head (ANFL) on the tokens"),
                         ("stage2_head", "stage-2 head (MEFL) on the tokens")):
         if name in t:
             lines.append(f"| {label} | {fmt_time(t[name])} |")
-    lines += ["", "| `predict` on a folder of 64 JPEGs (256 px), decoding included | images/s |",
+    lines += ["", f"| `predict` on a folder of {f['images']} JPEGs ({FOLDER_SIDE} px), decoding "
+              "included | images/s |",
               "|---|---|"]
     for batch_size, rate in f["images_per_s"].items():
         lines.append(f"| --batch-size {batch_size} | {rate:.1f} |")
     lines.append(f"| (decoding and preprocessing alone) | "
-                 f"{FOLDER_IMAGES / f['decode_and_preprocess_s']:.0f} |")
+                 f"{f['images'] / f['decode_and_preprocess_s']:.0f} |")
     return "\n".join(lines)
 
 
-def main():
-    args = parse_args()
-    if args.worker:
-        import torch
-        torch.set_num_threads(args.threads)
-        worker = {"memory": memory_worker, "time": time_worker, "folder": folder_worker}
-        print(json.dumps(worker[args.task](args), default=str))
-        return
-    started = time.perf_counter()
+def worker(args) -> dict:
+    tasks = {"memory": memory_worker, "time": time_worker, "folder": folder_worker}
+    return tasks[args.task](args)
 
-    def log(message):
-        print(f"[{time.perf_counter() - started:5.0f} s] {message}", flush=True)
 
-    info = machine_info(args.threads)
-    info["sgemm_gflops"] = round(sgemm_rate(args.threads), 1)
-    info["omp_wait_policy"] = (args.omp_wait_policy.upper() if args.omp_wait_policy != "inherit"
-                               else os.environ.get("OMP_WAIT_POLICY", "unset"))
-    log(f"{info['cpu']}, {args.threads} threads, torch {info['torch']}; sgemm "
-        f"{info['sgemm_gflops']} GFLOP/s; OMP_WAIT_POLICY {info['omp_wait_policy']} (workers); "
-        f"load average {info['loadavg_start'][0]:.2f}")
-    results = {"machine": info, "method": " ".join(
-        __doc__.split("Method:")[1].split()), "batch": BATCH, "aus": [MAIN_AUS, SUB_AUS]}
+def run(args, log) -> dict:
+    machine = {"sgemm_gflops": round(sgemm_rate(args.threads), 1),
+               "omp_wait_policy": wait_policy(args)}
+    log(f"sgemm {machine['sgemm_gflops']} GFLOP/s; OMP_WAIT_POLICY {machine['omp_wait_policy']} "
+        "(workers)")
+    results = {"machine": machine, "method": " ".join(__doc__.split("Method:")[1].split()),
+               "batch": args.batch, "aus": [MAIN_AUS, SUB_AUS]}
+
+    def measure(task, **options):
+        result = run_worker("predict", args, task=task, batch=args.batch, **options)
+        if "error" in result:
+            raise SystemExit(f"{task} worker failed: {result['error']}")
+        return result
+
     with tempfile.TemporaryDirectory() as folder:
         paths = write_checkpoints(Path(folder))
         peaks = {"dense": [], "pyg": [], "pyg_command": []}
         for _ in range(args.memory_repeats):
             for impl in peaks:
-                probe = run_worker(args, driver=__file__, task="memory", impl=impl,
-                                   checkpoint=paths["stage2"])
-                if "error" in probe:
-                    raise SystemExit(f"memory worker ({impl}) failed: {probe['error']}")
+                probe = measure("memory", impl=impl, checkpoint=paths["stage2"])
                 peaks[impl].append(probe["peak_mb"])
                 log(f"peak memory {impl}: {fmt_mb(probe['peak_mb'])}")
         results["memory"] = {f"{impl}_runs_mb": runs for impl, runs in peaks.items()}
         results["memory"].update({f"{impl}_mb": statistics.median(runs)
                                   for impl, runs in peaks.items()})
-        timing = run_worker(args, driver=__file__, task="time", repeats=args.repeats,
-                            checkpoint=json.dumps(paths))
-        if "error" in timing:
-            raise SystemExit(f"time worker failed: {timing['error']}")
+        timing = measure("time", repeats=args.repeats, checkpoint=json.dumps(paths))
         results["time"] = timing
         log("medians: " + ", ".join(f"{k} {fmt_time(v)}" for k, v in timing["median_s"].items())
             + f"; max |pyg - dense| {timing['max_abs_diff']:.1e}")
-        folder_run = run_worker(args, driver=__file__, task="folder",
-                                checkpoint=paths["stage2"],
-                                folder_batches=args.folder_batches)
-        if "error" in folder_run:
-            raise SystemExit(f"folder worker failed: {folder_run['error']}")
+        folder_run = measure("folder", checkpoint=paths["stage2"],
+                             folder_images=args.folder_images,
+                             folder_batches=args.folder_batches)
         results["folder"] = folder_run
         log("folder: " + ", ".join(f"B={b} {r:.1f} img/s"
                                    for b, r in folder_run["images_per_s"].items()))
@@ -317,13 +294,4 @@ def main():
     results["speedup"] = {impl: t["dense"] / t[impl] for impl in ("pyg", "pyg_command")}
     results["memory_ratio"] = {impl: memory["dense_mb"] / memory[f"{impl}_mb"]
                                for impl in ("pyg", "pyg_command")}
-    info["loadavg_end"] = os.getloadavg()
-    results["wall_s"] = round(time.perf_counter() - started, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
-    log(f"wrote {args.out}; load average at the end {info['loadavg_end'][0]:.2f}\n\n"
-        + render(results))
-
-
-if __name__ == "__main__":
-    main()
+    return results

@@ -1,6 +1,7 @@
-"""Peak memory of one step, each in a fresh worker process (see "Method" in ``bench_mefl.py``).
+"""How the modes measure: steps timed in turn (``alternate``), and the peak memory of one step,
+each in a fresh worker process (see "Method" in ``head.py``).
 
-``run_worker`` starts the process (the driver again, with ``--worker``); inside it,
+``run_worker`` starts the process (``python -m benchmarks MODE --worker ...``); inside it,
 ``measure_step`` trims the heap, resets the kernel's resident-set high-water mark (VmHWM) and
 charges the step with VmHWM after it less the resident set before it. ``dense_estimate_mb`` is
 the dense peak predicted from the lifted ``[B, N^2, D, C]`` tensors.
@@ -9,16 +10,38 @@ import gc
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from workloads import CHANNELS, TOKENS
+from .workloads import CHANNELS, TOKENS
 
-HERE = Path(__file__).resolve().parent
-DRIVER, ROOT = HERE / "bench_mefl.py", HERE.parent
+ROOT = Path(__file__).resolve().parent.parent
 MEM_COEF = {"eval": 5.0, "train": 9.0}  # lifted [B, N², D, C] tensors alive at the dense peak
+
+
+def wall_time(step) -> float:
+    """Seconds of one call of ``step``."""
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def alternate(steps: dict, rounds: int, measure=wall_time) -> dict:
+    """``measure`` of every step of ``steps`` (name -> callable) in turn, ``rounds`` times (a, b,
+    a, b, ...), so that all of them see the same state of a shared machine; name -> the list of
+    measurements."""
+    results = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            results[name].append(measure(step))
+    return results
+
+
+def medians(times: dict) -> dict:
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def dense_estimate_mb(mode: str, batch: int, num: int) -> float:
@@ -76,10 +99,11 @@ def measure_step(step, data_limit_mb: float = 0):
                  "first_s": first}
 
 
-def run_worker(args, driver=DRIVER, **options) -> dict:
-    """Run the ``driver`` script (default: ``bench_mefl.py``) with ``--worker`` and ``options``
-    (as flags) in a fresh process; its last JSON line, or ``{error}``."""
-    cmd = [sys.executable, str(driver), "--worker", "--threads", str(args.threads)]
+def run_worker(mode: str, args, /, **options) -> dict:
+    """Run ``python -m benchmarks MODE --worker`` with ``options`` (as flags) in a fresh process,
+    with ``args.threads`` threads and ``args.omp_wait_policy``; its last JSON line, or
+    ``{error}``."""
+    cmd = [sys.executable, "-m", "benchmarks", mode, "--worker", "--threads", str(args.threads)]
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):
@@ -91,7 +115,7 @@ def run_worker(args, driver=DRIVER, **options) -> dict:
     if args.omp_wait_policy != "inherit":
         env["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         return {"error": f"worker exit {proc.returncode}: {proc.stderr.strip()[-400:]}"}

@@ -1,7 +1,7 @@
 """What the facts a face graph records (``GraphLayout``) buy on PyG ``Batch`` input.
 
-Run ``python benchmarks/bench_layouts.py --out results.json`` (``benchmarks/results_layouts.json``
-keeps the runs so far, newest first). For each kind of face graph, B faces of N = 27 AUs (+ 14
+Run ``python -m benchmarks layouts`` (results in ``benchmarks/results/layouts.json``). For each
+kind of face graph, B faces of N = 27 AUs (+ 14
 sub AUs), D = 49, C = 512, the same model runs the same ``Batch`` with the layout
 ``face_graph`` recorded, and with a copy whose layouts lack the
 facts named by ``--without`` (default ``simple`` and ``ids_in_order``, the facts added last; the
@@ -18,19 +18,10 @@ Graph kinds:
     ``uneven-p``: each edge of the complete graph kept with probability p, edges shuffled: no
     uniform in-degree, the generic gathers and scatters.
 """
-import argparse
-import json
-import statistics
-import sys
-import time
-from pathlib import Path
+from .measure import alternate, medians
+from .workloads import CHANNELS, TOKENS, build, knn_edge_index, make_step, sub_aus
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-from machine import machine_info  # noqa: E402
-from workloads import CHANNELS, TOKENS, build, knn_edge_index, make_step, sub_aus  # noqa: E402
+__all__ = ["add_arguments", "run"]
 
 NUM_AUS = 27
 
@@ -70,7 +61,7 @@ def without(batch, facts):
     return copy
 
 
-def run(kind: str, mode: str, faces: int, facts, repeats: int) -> dict:
+def run_graph(kind: str, mode: str, faces: int, facts, repeats: int) -> dict:
     import torch
     model, x = build("pyg", faces, NUM_AUS)
     batch = graphs(kind, model, x)
@@ -82,49 +73,36 @@ def run(kind: str, mode: str, faces: int, facts, repeats: int) -> dict:
     with torch.no_grad():
         probs = [model(inputs[name]) for name in ("with", "without")]
     error = float((probs[0] - probs[1]).abs().max() / probs[1].abs().max())
-    times = {name: [] for name in steps}
     for step in steps.values():
         step()
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
+    step_s = medians(alternate(steps, repeats))
     row = {"graph": kind, "mode": mode, "B": faces, "edges": int(batch.edge_index.size(1)),
            "layout": dict(batch.graph_layout[0]._asdict()), "rel_difference": error}
-    row.update({f"{name}_ms": 1000 * statistics.median(t) for name, t in times.items()})
+    row.update({f"{name}_ms": 1000 * seconds for name, seconds in step_s.items()})
     row["speedup"] = row["without_ms"] / row["with_ms"]
     return row
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--graphs", default="complete,knn-4,uneven-0.15,uneven-0.4,uneven-0.9")
     parser.add_argument("--modes", default="eval,train")
     parser.add_argument("--faces", type=int, default=8)
     parser.add_argument("--without", default="simple,ids_in_order",
                         help="facts the baseline copy does not state (comma-separated)")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    import torch
-    torch.set_num_threads(args.threads)
+
+
+def run(args, log) -> dict:
     facts = [fact for fact in args.without.split(",") if fact]
-    result = {"machine": machine_info(args.threads), "without": facts, "N": NUM_AUS,
-              "S": sub_aus(NUM_AUS), "D": TOKENS, "C": CHANNELS, "rows": []}
+    result = {"without": facts, "N": NUM_AUS, "S": sub_aus(NUM_AUS), "D": TOKENS, "C": CHANNELS,
+              "rows": []}
     print("| graph | mode | edges | with layout | without | speed-up | tensor input |")
     print("|---|---|---|---|---|---|---|")
     for kind in args.graphs.split(","):
         for mode in args.modes.split(","):
-            row = run(kind, mode, args.faces, facts, args.repeats)
+            row = run_graph(kind, mode, args.faces, facts, args.repeats)
             result["rows"].append(row)
             tensor = f"{row['tensor_ms']:.0f} ms" if "tensor_ms" in row else ""
             print(f"| {kind} | {mode} | {row['edges']} | {row['with_ms']:.0f} ms | "
                   f"{row['without_ms']:.0f} ms | {row['speedup']:.2f}x | {tensor} |", flush=True)
-    if args.out:  # a list of runs, as the other result files (label each with its code)
-        args.out.write_text(json.dumps({"runs": [result]}, indent=1))
-
-
-if __name__ == "__main__":
-    main()
+    return result

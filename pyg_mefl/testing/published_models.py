@@ -15,9 +15,9 @@ from collections import OrderedDict
 
 import torch
 
-from anfl_reference import DenseANFL, to_anfl_layout
-from dense_reference import DenseLinearBlock, DenseMEFL, to_layout
-from pairs import randomize_batchnorms
+from .anfl_reference import DenseANFL, to_anfl_layout
+from .dense_reference import DenseLinearBlock, DenseMEFL, to_layout
+from .pairs import randomize_batchnorms
 
 WINDOW = 7
 SWIN = {"swin_tiny": ("swin_tiny_patch4_window7_224", 96, (2, 2, 6, 2)),

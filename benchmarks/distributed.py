@@ -1,7 +1,7 @@
 """Distributed training on this machine: training steps per second with 1 and 2 processes (DDP,
 gloo on CPU) and what the processes exchange per step.
 
-    python benchmarks/bench_distributed.py --out benchmarks/results_distributed.json
+    python -m benchmarks distributed    # benchmarks/results/distributed.json
 
 Each configuration trains the same model on the same global batches (synthetic faces, N AUs,
 D tokens of C channels, global batch B) for ``--warmup`` untimed and ``--steps`` timed steps,
@@ -14,11 +14,10 @@ communication hook (the bytes of each gradient bucket), the collectives of the s
 and of the global-batch loss by wrapping ``torch.distributed.all_reduce`` (bytes and calls by the
 calling module). Steps per second are global steps (B faces each). The machine's load average is
 recorded: timings on a shared machine are noisy, so compare configurations of one run only.
+Each configuration sets its processes' threads (``CONFIGURATIONS``): ``--threads`` does not
+apply here.
 """
-import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,29 +26,28 @@ from collections import defaultdict
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+from torch_geometric.loader import DataLoader
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from pyg_mefl import MEFL, SyntheticFaceDataset
+from pyg_mefl.models import FaceAUModel
+from pyg_mefl.train.distributed import distribute_model, global_batch_loss, shard_loader
+from pyg_mefl.train.loop import model_targets
+from pyg_mefl.train.losses import MEFLLoss, au_class_weights
 
-from torch.distributed.algorithms.ddp_comm_hooks import default_hooks  # noqa: E402
-from torch_geometric.loader import DataLoader  # noqa: E402
+__all__ = ["add_arguments", "run"]
 
-from pyg_mefl import MEFL, SyntheticFaceDataset  # noqa: E402
-from pyg_mefl.models import FaceAUModel  # noqa: E402
-from pyg_mefl.train.distributed import distribute_model, global_batch_loss, shard_loader  # noqa: E402,E501
-from pyg_mefl.train.loop import model_targets  # noqa: E402
-from pyg_mefl.train.losses import MEFLLoss, au_class_weights  # noqa: E402
+OPTIONS = ("num_aus", "tokens", "channels", "batch_size", "steps", "warmup")
+CONFIGURATIONS = ((1, 1), (2, 1), (1, 2))  # (processes, threads of each)
 
 
-def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_arguments(parser) -> None:
     parser.add_argument("--num-aus", type=int, default=27)
     parser.add_argument("--tokens", type=int, default=9)
     parser.add_argument("--channels", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=32, help="global batch B")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--out", default=None, help="JSON file for the results")
-    return parser.parse_args(argv)
 
 
 class Traffic:
@@ -145,7 +143,7 @@ def _worker(rank, world, threads, args, rendezvous, results):
         dist.destroy_process_group()
 
 
-def run(world, threads, args):
+def run_processes(world, threads, args):
     with tempfile.TemporaryDirectory() as folder, mp.Manager() as manager:
         results = manager.dict()
         mp.spawn(_worker, (world, threads, args, os.path.join(folder, "rendezvous"), results),
@@ -153,28 +151,16 @@ def run(world, threads, args):
         return dict(results)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def run(args, log) -> dict:
     rows = []
-    for world, threads in ((1, 1), (2, 1), (1, 2)):
+    for world, threads in CONFIGURATIONS:
         load = os.getloadavg()[0]
-        row = run(world, threads, args)
+        row = run_processes(world, threads, args)
         row["load_average_before"] = load
         rows.append(row)
         total = sum(row["bytes_all_reduced_per_step"].values())
-        print(f"{world} process(es) x {threads} thread(s): {row['steps_per_second']:.2f} steps/s "
-              f"({row['faces_per_second']:.0f} faces/s), {total / 1e6:.3f} MB all-reduced per "
-              f"step and process {dict(row['bytes_all_reduced_per_step'])}, collectives per step "
-              f"{dict(row['collectives_per_step'])}  (load before: {load:.1f})", flush=True)
-    report = {"config": vars(args), "machine": {"cpus": os.cpu_count(),
-                                                 "torch": torch.__version__,
-                                                 "python": platform.python_version()},
-              "results": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=2)
-    return report
-
-
-if __name__ == "__main__":
-    main()
+        log(f"{world} process(es) x {threads} thread(s): {row['steps_per_second']:.2f} steps/s "
+            f"({row['faces_per_second']:.0f} faces/s), {total / 1e6:.3f} MB all-reduced per "
+            f"step and process {dict(row['bytes_all_reduced_per_step'])}, collectives per step "
+            f"{dict(row['collectives_per_step'])}  (load before: {load:.1f})")
+    return {"config": {option: getattr(args, option) for option in OPTIONS}, "results": rows}

@@ -1,9 +1,9 @@
 """A pyg_mefl model and the dense reference of SPEC.md holding the same weights."""
 import torch
 
-from dense_reference import DenseMEFL
-from pyg_mefl import MEFL
-from pyg_mefl.pretrained import HeadConfig, to_native
+from .dense_reference import DenseMEFL
+from ..nn import MEFL
+from ..pretrained import HeadConfig, to_native
 
 
 def randomize_batchnorms(module: torch.nn.Module, generator: torch.Generator) -> None:

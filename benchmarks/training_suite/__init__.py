@@ -1,0 +1,1 @@
+"""The synthetic families on which the training recipe was chosen (``README.md``)."""
