@@ -151,19 +151,25 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model(args: argparse.Namespace, device: torch.device):
-    """The whole published model named by ``--checkpoint``, in eval mode on ``device``."""
-    from ..models import FaceAUModel
+    """The whole model named by ``--checkpoint``, in eval mode on ``device``."""
     overrides = {key: getattr(args, key) for key in ("source", "stage", "backbone")
                  if getattr(args, key) is not None}
+    return prepare_for_inference(open_checkpoint(args.checkpoint, "--checkpoint ", **overrides),
+                                 device)
+
+
+def open_checkpoint(checkpoint: str, option: str = "", **overrides):
+    """``FaceAUModel.from_pretrained(checkpoint, **overrides)``; its errors as one
+    :class:`UsageError` line that names ``checkpoint`` (after ``option``)."""
+    from ..models import FaceAUModel
     try:
-        model = FaceAUModel.from_pretrained(args.checkpoint, **overrides)
+        return FaceAUModel.from_pretrained(checkpoint, **overrides)
     except (KeyError, ValueError, TypeError, OSError, RuntimeError, ModuleNotFoundError) as error:
         text = str(error.args[0] if isinstance(error, KeyError) and error.args else error).strip()
         message = text.splitlines()[0] if text else type(error).__name__
-        if args.checkpoint not in message:
-            message = f"--checkpoint {args.checkpoint}: {message}"
+        if checkpoint not in message:
+            message = f"{option}{checkpoint}: {message}"
         raise UsageError(message) from None
-    return prepare_for_inference(model, device)
 
 
 def prepare_for_inference(model, device: torch.device):

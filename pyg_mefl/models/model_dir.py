@@ -145,21 +145,23 @@ def save_model_directory(model, directory, thresholds=None,
     directory.mkdir(parents=True, exist_ok=True)
     state = {key: value.detach().cpu().contiguous().clone()
              for key, value in model.state_dict().items()}
-    _write_atomically(directory / WEIGHTS,
+    write_atomically(directory / WEIGHTS,
                       lambda path: save_file(state, path, metadata={"format": "pt"}))
-    _write_atomically(directory / HUB_CONFIG, lambda path: Path(path).write_text(
+    write_atomically(directory / HUB_CONFIG, lambda path: Path(path).write_text(
         json.dumps(config, indent=2) + "\n"))
     return directory
 
 
-def _write_atomically(target: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-    os.close(handle)
+def write_atomically(target: Path, write) -> None:
+    """``write(temporary path)`` beside ``target``, then the file moved onto ``target``: a
+    failed write leaves neither a half-written ``target`` nor the temporary file."""
+    temporary = str(target.with_name(f".{target.name}.{os.getpid()}.partial"))
     try:
         write(temporary)
         os.replace(temporary, target)
     except BaseException:
-        os.unlink(temporary)
+        if os.path.exists(temporary):
+            os.unlink(temporary)
         raise
 
 
