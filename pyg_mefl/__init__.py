@@ -18,8 +18,8 @@ from .train import (AUMetrics, MEFLLoss, TokenMLP, WeightedAsymmetricLoss, au_cl
                     ridge_probe, synchronise_norms, token_mlp_probe, warmup_cosine_schedule)
 from .transforms import (AddTokenPosition, CenterTokens, StandardizeChannels, StandardizeTokens,
                          TokenNorm, load_token_norm)
+from .utils.version import __version__ as __version__
 
-__version__ = "0.1.0"
 
 __all__ = [
     "ANFL", "ANFLLayer", "AUFeatureBlocks", "AUMetrics", "AddTokenPosition", "BP4D_AUS",

@@ -1,7 +1,7 @@
 """``predict --draw``: each face with its box, landmarks, id and active AUs (probability >=
-threshold) listed beside the picture."""
+threshold: one for all AUs, or the model's own per AU) listed beside the picture."""
 import re
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -43,15 +43,24 @@ def _enlarged(image: Image.Image) -> Tuple[Image.Image, float]:
     return image.resize((round(image.width * scale), MIN_HEIGHT), Image.BILINEAR), scale
 
 
-def _active_lines(au_names: Sequence[str], probs: Sequence[float], threshold: float,
+Threshold = Union[float, Sequence[float]]  # one for all AUs, or one per AU in au_names order
+
+
+def _per_au(threshold: Threshold, count: int) -> List[float]:
+    return [float(threshold)] * count if isinstance(threshold, (int, float)) \
+        else list(threshold)
+
+
+def _active_lines(au_names: Sequence[str], probs: Sequence[float], threshold: Threshold,
                   indent: str = "") -> List[Tuple[str, tuple, Optional[float]]]:
-    active = sorted(((p, name) for name, p in zip(au_names, probs) if p >= threshold),
-                    reverse=True)
+    active = sorted(((p, name) for name, p, t in zip(au_names, probs,
+                                                     _per_au(threshold, len(au_names)))
+                     if p >= t), reverse=True)
     return [(f"{indent}{describe(name)}  {p:.2f}", WHITE, p) for p, name in active] or [
         (f"{indent}no active AU", GREY, None)]
 
 
-def _most_probable(au_names, probs, threshold: float, limit: int, indent: str = ""):
+def _most_probable(au_names, probs, threshold: Threshold, limit: int, indent: str = ""):
     """The ``limit`` most probable active AUs' lines, and a line for how many more there are."""
     lines = _active_lines(au_names, probs, threshold, indent)
     if len(lines) > limit:
@@ -59,12 +68,14 @@ def _most_probable(au_names, probs, threshold: float, limit: int, indent: str = 
     return lines
 
 
-def _with_panel(image: Image.Image, lines, threshold: float, font) -> Image.Image:
+def _with_panel(image: Image.Image, lines, threshold: Threshold, font) -> Image.Image:
     """``image`` with a panel on its right: a header, then each ``(text, colour, bar)`` line
     (``bar`` a probability drawn as a bar under the text, or None)."""
     font_size = font.size
     line = round(font_size * 1.7)
-    header = f"active AUs (p >= {threshold:g})"
+    levels = {float(threshold)} if isinstance(threshold, (int, float)) else set(threshold)
+    header = (f"active AUs (p >= {levels.pop():g})" if len(levels) == 1
+              else "active AUs (p >= the AU's threshold)")
     measure = ImageDraw.Draw(image)
     panel = round(max(measure.textlength(text, font=font) for text in
                       [header] + [text for text, _, _ in lines]) + 2 * font_size)
@@ -85,9 +96,10 @@ def _with_panel(image: Image.Image, lines, threshold: float, font) -> Image.Imag
 
 
 def draw_active_aus(image: Image.Image, au_names: Sequence[str], probs: Sequence[float],
-                    threshold: float = 0.5) -> Image.Image:
+                    threshold: Threshold = 0.5) -> Image.Image:
     """A copy of ``image`` (RGB, enlarged to at least ``MIN_HEIGHT`` px high) with a panel on its
-    right listing the AUs whose probability is at least ``threshold``, most probable first, each
+    right listing the AUs whose probability is at least ``threshold`` (one number, or one per AU
+    in ``au_names`` order), most probable first, each
     with its probability and a bar."""
     image, _ = _enlarged(image)
     font = ImageFont.load_default(size=max(12, image.height // 32))
@@ -95,7 +107,7 @@ def draw_active_aus(image: Image.Image, au_names: Sequence[str], probs: Sequence
 
 
 def draw_faces(image: Image.Image, rows: Sequence, au_names: Sequence[str],
-               threshold: float = 0.5) -> Image.Image:
+               threshold: Threshold = 0.5) -> Image.Image:
     """A copy of ``image`` with each face of ``rows`` (the :class:`~pyg_mefl.faces.FaceRow` of
     one frame) drawn: its box and landmarks in the face's colour and its id; in a panel on the
     right each face's active AUs (probability >= ``threshold``) with bars. A whole-image face (no
@@ -131,7 +143,7 @@ def draw_faces(image: Image.Image, rows: Sequence, au_names: Sequence[str],
 
 
 def draw_faces_in_frame(image: Image.Image, rows: Sequence, au_names: Sequence[str],
-                        threshold: float = 0.5, max_aus: int = 6) -> Image.Image:
+                        threshold: Threshold = 0.5, max_aus: int = 6) -> Image.Image:
     """A copy of the video frame ``image``, same size, with each face of ``rows`` drawn in it: its
     box, landmarks and id, and beside the box its ``max_aus`` most probable active AUs (FACS
     names, a bar each) on a dark label; a frame without a face is marked so in a corner."""

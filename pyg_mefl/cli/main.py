@@ -3,12 +3,13 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from . import plot, predict
+from . import export, plot, predict
 
 COMMANDS = {
     "predict": (predict, "photos and videos of people to AU probabilities, a CSV row per "
                          "frame and face"),
     "plot": (plot, "predictions CSV to pictures: AUs over time per face, faces of a photo"),
+    "export": (export, "a model to an ONNX file: face crops to AU probabilities, any batch"),
 }
 
 

@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="photos and videos of people, or folders of them (searched "
                              "recursively)")
     parser.add_argument("--checkpoint", default=DEFAULT_MODEL, metavar="PATH",
-                        help="a published whole-model file (OpenGraphAU, ME-GraphAU), a mexca "
-                             "model directory or a Hugging Face hub id (default: %(default)s, "
+                        help="a pyg_mefl model directory (save_pretrained), a published "
+                             "whole-model file (OpenGraphAU, ME-GraphAU), a mexca model "
+                             "directory or a Hugging Face hub id (default: %(default)s, "
                              "from the local Hugging Face cache or downloaded)")
     parser.add_argument("--source", choices=SOURCES, default=None,
                         help="force the checkpoint's origin (default: detected from its keys)")
@@ -92,8 +93,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     parser.add_argument("--draw", default=None, metavar="DIR",
                         help="also draw each face's box, landmarks, id and active AUs (p >= "
-                             "0.5): photos as DIR/<name>.jpg, videos as DIR/<name>.mp4 at their "
-                             "frame rate and size")
+                             "the AU's threshold: 0.5, or a model directory's own): photos "
+                             "as DIR/<name>.jpg, videos as DIR/<name>.mp4 at their frame rate "
+                             "and size")
     parser.add_argument("--draw-frames", action="store_true",
                         help="with --draw: each video frame as DIR/<name>/frame_000123.jpg "
                              "instead of a video")
@@ -151,19 +153,25 @@ def resolve_device(name: str) -> torch.device:
 
 
 def load_model(args: argparse.Namespace, device: torch.device):
-    """The whole published model named by ``--checkpoint``, in eval mode on ``device``."""
-    from ..models import FaceAUModel
+    """The whole model named by ``--checkpoint``, in eval mode on ``device``."""
     overrides = {key: getattr(args, key) for key in ("source", "stage", "backbone")
                  if getattr(args, key) is not None}
+    return prepare_for_inference(open_checkpoint(args.checkpoint, "--checkpoint ", **overrides),
+                                 device)
+
+
+def open_checkpoint(checkpoint: str, option: str = "", **overrides):
+    """``FaceAUModel.from_pretrained(checkpoint, **overrides)``; its errors as one
+    :class:`UsageError` line that names ``checkpoint`` (after ``option``)."""
+    from ..models import FaceAUModel
     try:
-        model = FaceAUModel.from_pretrained(args.checkpoint, **overrides)
+        return FaceAUModel.from_pretrained(checkpoint, **overrides)
     except (KeyError, ValueError, TypeError, OSError, RuntimeError, ModuleNotFoundError) as error:
         text = str(error.args[0] if isinstance(error, KeyError) and error.args else error).strip()
         message = text.splitlines()[0] if text else type(error).__name__
-        if args.checkpoint not in message:
-            message = f"--checkpoint {args.checkpoint}: {message}"
+        if checkpoint not in message:
+            message = f"{option}{checkpoint}: {message}"
         raise UsageError(message) from None
-    return prepare_for_inference(model, device)
 
 
 def prepare_for_inference(model, device: torch.device):
@@ -219,8 +227,9 @@ class Drawings:
     drawn in each frame, or with ``frames`` its frames as ``DIR/<name>/frame_000123.jpg``."""
 
     def __init__(self, folder: Path, au_names: Sequence[str], fps: Optional[float],
-                 frames: bool = False):
+                 frames: bool = False, thresholds: Optional[Sequence[float]] = None):
         self.folder, self.au_names, self.fps, self.frames = folder, au_names, fps, frames
+        self.thresholds = 0.5 if thresholds is None else list(thresholds)  # per AU
         self.video: Optional[VideoWriter] = None
         self.video_source: Optional[Source] = None
 
@@ -229,18 +238,19 @@ class Drawings:
         if frame.source.kind == "image":
             path = self.folder / label.with_suffix(".jpg")
             path.parent.mkdir(parents=True, exist_ok=True)
-            draw_faces(frame.image, rows, self.au_names).save(path, quality=90)
+            draw_faces(frame.image, rows, self.au_names, self.thresholds).save(path, quality=90)
         elif self.frames:
             path = self.folder / label.with_suffix("") / f"frame_{frame.index:06d}.jpg"
             path.parent.mkdir(parents=True, exist_ok=True)
-            draw_faces(frame.image, rows, self.au_names).save(path, quality=90)
+            draw_faces(frame.image, rows, self.au_names, self.thresholds).save(path, quality=90)
         else:
             if self.video_source is not frame.source:
                 self.close()
                 self.video = VideoWriter(str(self._video_path(frame.source)),
                                          self._rate(frame.source))
                 self.video_source = frame.source
-            self.video.write(draw_faces_in_frame(frame.image, rows, self.au_names), frame.time)
+            self.video.write(draw_faces_in_frame(frame.image, rows, self.au_names,
+                                                 self.thresholds), frame.time)
 
     def _video_path(self, source: Source) -> Path:
         path = self.folder / Path(source.label).with_suffix(".mp4")
@@ -343,6 +353,8 @@ def run_record(args: argparse.Namespace, pipeline: FaceAUPipeline,
     """What the sidecar ``<out>.json`` records: the model, the face settings, each video's
     frame rate and the package versions."""
     model = pipeline.model
+    thresholds = model.thresholds or [0.5] * len(model.au_names)
+    threshold = thresholds[0] if len(set(thresholds)) == 1 else None  # one for all AUs, if so
     return {
         "checkpoint": args.checkpoint, "source": model.source, "stage": model.stage,
         "backbone": getattr(model, "backbone_name", None), "au_names": list(model.au_names),
@@ -350,7 +362,8 @@ def run_record(args: argparse.Namespace, pipeline: FaceAUPipeline,
         "margin": pipeline.margin if pipeline.crop in ("square", "aligned") else None,
         "detector": pipeline.detector.settings() if pipeline.detector else None,
         "tracker": {"min_iou": pipeline.tracker.min_iou, "max_gap": pipeline.tracker.max_gap},
-        "fps_sampled": args.fps, "threshold": 0.5, "precision": pipeline.precision,
+        "fps_sampled": args.fps, "threshold": threshold, "precision": pipeline.precision,
+        "thresholds": dict(zip(model.au_names, thresholds)),
         "videos": {s.path: video_info(s.path) for s in sources if s.kind == "video"},
         "versions": package_versions(),
     }
@@ -408,7 +421,8 @@ def run(args: argparse.Namespace) -> int:
                                      f"{error.strerror or error}") from None
             writer = CSVWriter(stream, model.au_names)
             drawings = None if draw_dir is None else stack.enter_context(closing(Drawings(
-                draw_dir, model.au_names, args.fps, frames=args.draw_frames)))
+                draw_dir, model.au_names, args.fps, frames=args.draw_frames,
+                thresholds=model.thresholds)))
             summary = predict_sources(pipeline, mine, writer, drawings, min_size, to_stderr,
                                       progress=not args.quiet and sys.stderr.isatty()
                                       and rank == 0)

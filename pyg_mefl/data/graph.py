@@ -141,7 +141,7 @@ def complete_au_graph(num_aus: int, batch_size: int = 1,
     """
     if not isinstance(num_aus, int) or num_aus < 1:
         raise ValueError(f"num_aus: expected a positive int, got {num_aus!r}")
-    if not isinstance(batch_size, int) or batch_size < 0:
+    if not isinstance(batch_size, (int, torch.SymInt)) or batch_size < 0:
         raise ValueError(f"batch_size: expected a non-negative int, got {batch_size!r}")
     nodes = torch.arange(num_aus, device=device)
     target = nodes.repeat_interleave(num_aus)

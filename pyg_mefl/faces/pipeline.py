@@ -11,6 +11,7 @@ from PIL import Image
 from torch import Tensor
 
 from ..io.media import Frame, InputError, Source, collect_sources, read_image, read_video, to_rgb
+from ..models.preprocessing import published_preprocessing
 from .crops import DEFAULT_MARGIN, aligned_face_crop, mexca_face_crops, square_face_crop
 from .detector import FaceDetector, FrameFaces, frame_tensor
 from .tracker import FaceTracker
@@ -102,7 +103,10 @@ class FaceAUPipeline:
             raise ValueError(f"precision: expected one of {tuple(PRECISIONS)}, got {precision!r}")
         self.model = model.eval()
         self.detector = FaceDetector() if detector == "default" else detector
-        self.crop = ("mexca" if model.source == "mexca" else "square") if crop == "auto" else crop
+        if crop == "auto":  # the source's own crops (published_preprocessing), else square
+            crop = published_preprocessing(model.source)["face_crop"] if model.source \
+                else "square"
+        self.crop = crop
         self.margin, self.batch_size, self.fps = float(margin), int(batch_size), fps
         # a track waits for its face at least two sampled frames
         self.tracker = tracker or FaceTracker(max_gap=max(1.0, 2.0 / fps) if fps else 1.0)

@@ -2,7 +2,8 @@
 from .backbones import (BACKBONES, ImageTokens, ResNet50Tokens, ResNetTokens, SmallCNN,
                         SwinTokens, build_backbone)
 from .face_au_model import FaceAUModel
-from .preprocessing import published_transform
+from .preprocessing import published_preprocessing, published_transform
 
 __all__ = ["BACKBONES", "FaceAUModel", "ImageTokens", "ResNet50Tokens", "ResNetTokens",
-           "SmallCNN", "SwinTokens", "build_backbone", "published_transform"]
+           "SmallCNN", "SwinTokens", "build_backbone", "published_preprocessing",
+           "published_transform"]

@@ -39,6 +39,7 @@ class SmallCNN(Module):
                 raise ValueError(f"{name}: expected a positive int, got {value!r}")
         self.out_channels = out_channels
         self.grid = grid
+        self.width, self.num_stages = width, num_stages
         layers, channels = [], 3
         for stage in range(num_stages):
             out = out_channels if stage == num_stages - 1 else min(width * 2 ** stage, out_channels)

@@ -1,7 +1,8 @@
 """An AU head behind an optional image backbone: trained on batches of face graphs, or a whole
 published model run on face images."""
 import copy
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Mapping, Optional
 
 import torch
 from torch import Tensor
@@ -9,7 +10,8 @@ from torch.nn import Module
 from torch_geometric.data import Batch
 
 from ..nn.mefl import MEFL, MEFLOutput
-from .published import face_au_model_to_published, load_face_au_model
+from .model_dir import load_model_directory, read_model_config, save_model_directory
+from .published import face_au_model_to_published, load_face_au_model, resolve_model
 
 
 class FaceAUModel(Module):
@@ -37,6 +39,7 @@ class FaceAUModel(Module):
         self.source: Optional[str] = None  # the published source of a loaded model
         self.stage: Optional[int] = None
         self.transform = None  # PIL image -> [3, 224, 224], the source's eval preprocessing
+        self.thresholds: Optional[List[float]] = None  # per AU, from a model directory
 
     @property
     def au_names(self) -> List[str]:
@@ -84,10 +87,13 @@ class FaceAUModel(Module):
     def from_pretrained(cls, path_or_dir, source: Optional[str] = None,
                         stage: Optional[int] = None, backbone: Optional[str] = None,
                         **overrides) -> "FaceAUModel":
-        r"""A whole published model (SPEC §10), built and loaded strictly.
+        r"""A whole model, built and loaded strictly: a pyg_mefl model directory (see
+        :meth:`save_pretrained`) or a published model (SPEC §10).
 
         Args:
-            path_or_dir (str, os.PathLike or Mapping): An OpenGraphAU / ME-GraphAU training
+            path_or_dir (str, os.PathLike or Mapping): A pyg_mefl model directory (its
+                ``config.json`` of format ``pyg_mefl.FaceAUModel`` and ``model.safetensors``) or
+                the hub id of one; an OpenGraphAU / ME-GraphAU training
                 checkpoint (``{'epoch', 'state_dict', 'optimizer'}``, keys ``backbone.*``,
                 ``global_linear.*``, ``head.*``, ``module.``-prefixed or not; read with
                 ``torch.load(..., weights_only=True)``), a mexca hub directory (``config.json``
@@ -109,9 +115,62 @@ class FaceAUModel(Module):
         :class:`ValueError`, each naming the file and the keys; a missing file, or a directory
         without ``config.json`` or weights, :class:`FileNotFoundError`. The model is in train
         mode like any new module; :attr:`au_names`, :attr:`transform` (the source's eval
-        preprocessing), :attr:`source` and :attr:`stage` describe it.
+        preprocessing), :attr:`source` and :attr:`stage` describe it, and for a model directory
+        :attr:`thresholds` its per-AU decision thresholds. A model directory is read as
+        strictly: a missing or unknown field of its ``config.json`` is a :class:`ValueError`
+        naming the field, a missing or unexpected tensor a :class:`KeyError` naming the keys;
+        ``source``, ``stage`` and ``backbone``, if given, must match its config.
         """
+        path_or_dir = resolve_model(path_or_dir)
+        config = None if isinstance(path_or_dir, Mapping) else read_model_config(path_or_dir)
+        if config is not None:
+            return load_model_directory(cls, path_or_dir, config, source, stage, backbone,
+                                        **overrides)
         return load_face_au_model(cls, path_or_dir, source, stage, backbone, **overrides)
+
+    def save_pretrained(self, directory, *, thresholds=None,
+                        training: Optional[Mapping] = None) -> Path:
+        r"""Write the model as a pyg_mefl model directory: ``config.json`` and
+        ``model.safetensors`` (the layout of ``huggingface_hub``'s ``PyTorchModelHubMixin``),
+        which :meth:`from_pretrained` and ``python -m pyg_mefl predict --checkpoint DIR`` load.
+
+        ``config.json`` holds the format name and version, the backbone (``"cnn"``: a
+        :class:`~pyg_mefl.backbones.SmallCNN` and its sizes; a ResNet or Swin name and the
+        global linear block; or :obj:`null`), the head (``MEFL`` or ``ANFL`` and its
+        arguments), :attr:`au_names`, per-AU thresholds, the preprocessing of :attr:`source`
+        (:func:`~pyg_mefl.models.preprocessing.published_preprocessing`; :obj:`null` for a model
+        without a source), the weights' dtype, ``training`` and the pyg_mefl version. Needs the
+        ``vision`` extra (safetensors).
+
+        Args:
+            directory (str or os.PathLike): Where to write (created if needed; the two files
+                are replaced).
+            thresholds (float, sequence or mapping, optional): Per-AU decision thresholds: one
+                number for all, one per AU in :attr:`au_names` order, or a mapping of every AU
+                name to its threshold. (default: :attr:`thresholds`, else 0.5 each)
+            training (mapping, optional): A free JSON record of the run (metrics, data,
+                settings), kept in ``config.json`` as it is.
+
+        Returns:
+            The directory, as a :class:`pathlib.Path`.
+        """
+        return save_model_directory(self, directory, thresholds, training)
+
+    def push_to_hub(self, repo_id: str, *, thresholds=None, training: Optional[Mapping] = None,
+                    private: Optional[bool] = None, token: Optional[str] = None,
+                    revision: Optional[str] = None,
+                    commit_message: str = "Upload a pyg_mefl FaceAUModel"):
+        """Upload the model as a model directory (:meth:`save_pretrained`, written into a
+        temporary directory) to the Hugging Face hub model repo ``repo_id``, which is created
+        if it does not exist (``private`` as given, else the hub's default), with
+        ``huggingface_hub``'s ``HfApi.create_repo`` and ``HfApi.upload_folder``; ``token``
+        (default: the logged-in user's) and ``revision`` (default: the main branch) go to
+        them. Returns the upload's commit information. ``FaceAUModel.from_pretrained(repo_id)``
+        loads it back."""
+        from .model_dir import push_model_to_hub
+        return push_model_to_hub(self, repo_id, thresholds=thresholds, training=training,
+                                 private=private, token=token, revision=revision,
+                                 commit_message=commit_message)
 
     def to_published_state_dict(self, layout: str, whole_model: bool = True) -> dict:
         """The weights under the names of a published ``layout`` (``"mexca"``,

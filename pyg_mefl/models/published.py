@@ -6,7 +6,7 @@ The bodies of :meth:`FaceAUModel.from_pretrained` and
 """
 import contextlib
 import os
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Tuple, Union
 
 from torch import Tensor
 
@@ -41,17 +41,27 @@ def _naming(where: str):
         raise
 
 
-def read_whole_model(path_or_dir) -> Tuple[Dict[str, Tensor], dict, str]:
-    """``(flat state dict, hub config or {}, the file read)`` of a checkpoint file, a hub
-    directory, a hub id or a state dict."""
+def resolve_model(path_or_dir) -> Union[str, Mapping]:
+    """A state dict as it is; a path as a string; a hub id that is no local path as the local
+    snapshot directory of the hub model (cache first, see
+    :func:`~pyg_mefl.pretrained.files.download_hub_model`)."""
     if isinstance(path_or_dir, Mapping):
-        return read_checkpoint(path_or_dir), {}, "checkpoint"
+        return path_or_dir
     if not isinstance(path_or_dir, (str, os.PathLike)):
         raise TypeError(f"path_or_dir: expected a file, a directory, a hub id or a state dict, "
                         f"got {type(path_or_dir).__name__}")
     path = os.fspath(path_or_dir)
     if not os.path.exists(path) and is_hub_id(path):
         path = download_hub_model(path)
+    return path
+
+
+def read_whole_model(path_or_dir) -> Tuple[Dict[str, Tensor], dict, str]:
+    """``(flat state dict, hub config or {}, the file read)`` of a checkpoint file, a hub
+    directory, a hub id or a state dict."""
+    path = resolve_model(path_or_dir)
+    if isinstance(path, Mapping):
+        return read_checkpoint(path), {}, "checkpoint"
     if os.path.isdir(path):
         return read_hub_directory(path)
     return read_checkpoint(path), {}, path

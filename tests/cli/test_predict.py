@@ -4,6 +4,7 @@ ResNet-18 trunk, the dense global linear block and the dense MEFL of ``dense_ref
 with images preprocessed as SPEC §10 says."""
 import csv
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -312,3 +313,31 @@ def test_the_panel_is_wide_enough_for_its_header():
     assert drawn.width - image.width >= header + font.size
     panel = np.asarray(drawn)[:, image.width:]
     assert (panel[:, -3:] == 24).all()  # a margin right of the longest text stays background
+
+
+def test_a_model_directory_predicts_as_its_source_and_decides_by_its_thresholds(tmp_path,
+                                                                                 model_file):
+    from pyg_mefl import FaceAUModel
+    checkpoint, _ = model_file
+    model = FaceAUModel.from_pretrained(checkpoint)
+    thresholds = [0.05 * (k % 20) for k in range(len(model.au_names))]
+    model.save_pretrained(tmp_path / "ours", thresholds=thresholds, training={"epochs": 1})
+    faces = _faces(tmp_path / "faces")
+    for name, source in (("published.csv", checkpoint), ("ours.csv", tmp_path / "ours")):
+        assert main(["predict", "--checkpoint", str(source), "--out", str(tmp_path / name),
+                     "--faces", "whole", "--quiet", str(faces)]) == 0
+    assert _read_csv(tmp_path / "ours.csv") == _read_csv(tmp_path / "published.csv")
+    record = json.loads((tmp_path / "ours.csv.json").read_text())
+    assert record["source"] == "opengraphau" and record["threshold"] is None
+    assert list(record["thresholds"].values()) == pytest.approx(thresholds)
+    assert list(record["thresholds"]) == model.au_names
+    published = json.loads((tmp_path / "published.csv.json").read_text())
+    assert published["threshold"] == 0.5 and set(published["thresholds"].values()) == {0.5}
+
+
+def test_drawn_active_aus_use_each_aus_threshold():
+    from pyg_mefl.cli.draw import _active_lines
+    lines = _active_lines(["AU1", "AU2", "AU4"], [0.6, 0.6, 0.2], [0.5, 0.7, 0.1])
+    assert [text.split()[0] for text, _, _ in lines] == ["AU1", "AU4"]
+    assert [text.split()[0] for text, _, _ in _active_lines(["AU1", "AU2"], [0.6, 0.4], 0.5)] \
+        == ["AU1"]

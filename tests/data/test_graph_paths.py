@@ -2,7 +2,7 @@
 against hand-written edge lists (runs, gaps, uneven and interleaved targets), and the
 ``GraphLayout`` that ``face_graph`` records and ``GraphLayout.of_batch`` merges, against the
 layouts expected of complete, sparse, shuffled, mixed and multigraph face graphs.
-No timing here: see benchmarks/bench_mefl.py.
+No timing here: see `python -m benchmarks head`.
 """
 import pytest
 import torch

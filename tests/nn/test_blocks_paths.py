@@ -1,7 +1,7 @@
 """The fast paths of ``AUFeatureBlocks`` (``pyg_mefl/nn/fused/blocks.py``) against its gather of
 rows and its reference body (float64): the in-place inference norm and the transpose for faces
 with every AU, as rows and by face, in training and in eval.
-No timing here: see benchmarks/bench_mefl.py.
+No timing here: see `python -m benchmarks head`.
 """
 import pytest
 import torch

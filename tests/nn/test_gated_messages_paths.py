@@ -1,7 +1,7 @@
 """The fast path of ``pyg_mefl/nn/gated_messages.py``: ``gated_run_messages``, which recomputes
 the gates in its backward pass, against the stored formulation under plain autograd (float64,
 values, gradients and gradcheck), with gathered sources and on complete graphs.
-No timing here: see benchmarks/bench_mefl.py.
+No timing here: see `python -m benchmarks head`.
 """
 import pytest
 import torch

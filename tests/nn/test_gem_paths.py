@@ -3,7 +3,7 @@ per-node attention and its reference body (float64, values, gradients and runnin
 the face-token basis on complete, run-ordered and sparse shuffled graphs, the block products of
 a complete layout without the basis, node tokens given by face, and the cases that must fall
 back to the generic path.
-No timing here: see benchmarks/bench_mefl.py.
+No timing here: see `python -m benchmarks head`.
 """
 import pytest
 import torch

@@ -2,7 +2,7 @@
 values and gradients): the reshape softmax and aggregation on uniform graphs (``in_degree``
 runs, complete graphs with slot norms per slot index or cyclic), with autograd and in the
 in-place inference update, against the same graphs with shuffled edges.
-No timing here: see benchmarks/bench_mefl.py.
+No timing here: see `python -m benchmarks head`.
 """
 import pytest
 import torch

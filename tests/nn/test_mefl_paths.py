@@ -2,7 +2,7 @@
 model on its generic paths (float64): outputs, edges, parameter gradients and running
 statistics on complete and uneven face graphs, a graph layout made stale by edits being
 refused, and evaluation in chunks of faces against the whole batch.
-No timing here: see benchmarks/bench_mefl.py.
+No timing here: see `python -m benchmarks head`.
 """
 import pytest
 import torch

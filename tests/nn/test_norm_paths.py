@@ -1,7 +1,7 @@
 """The fast path of ``pyg_mefl/nn/norm.py``: ``SlotBatchNorm.cyclic`` (torch's fused batch norm
 when rows cycle through the slots) against ``SlotBatchNorm.forward`` with explicit slots
 (float64, values, gradients and running statistics).
-No timing here: see benchmarks/bench_mefl.py.
+No timing here: see `python -m benchmarks head`.
 """
 import pytest
 import torch

@@ -3,7 +3,7 @@ and gradients): the grouped products of ``gather_matmul`` (edges in equal runs p
 the caller states) against ``a[a_index] @ b[b_index]``, and the chunked
 ``softmax_column_moments`` that recomputes attention maps in its backward pass against the naive
 softmax moments, with one chunk and many, plus both functions under bf16 autocast.
-No timing here: see benchmarks/bench_mefl.py.
+No timing here: see `python -m benchmarks head`.
 """
 import pytest
 import torch

@@ -1,13 +1,14 @@
 """``FaceAUModel.from_pretrained`` with a Hugging Face hub id, read from huggingface_hub's own
 cache.
 
-The cache is laid out here as huggingface_hub lays it out (``models--OWNER--NAME/`` with
-``blobs/``, ``snapshots/<commit>/`` of relative symlinks into the blobs and ``refs/main``), and
-the library's own ``scan_cache_dir`` has to see that repo and revision. Every check runs in a
-fresh Python with the environment set (huggingface_hub reads ``HF_HUB_CACHE``, ``HF_HOME``,
-``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` when it is imported), as a user meets it, once under the
-installed huggingface_hub and once under the oldest version that setup.cfg allows: ``make test``
-installs that one into ``<venv>/hub-oldest``, put first on ``PYTHONPATH`` for those runs.
+The cache is laid out by ``tests/hub_cache.py`` as huggingface_hub lays it out
+(``models--OWNER--NAME/`` with ``blobs/``, ``snapshots/<commit>/`` of relative symlinks into the
+blobs and ``refs/main``), and the library's own ``scan_cache_dir`` has to see that repo and
+revision. Every check runs in a fresh Python with the environment set (huggingface_hub reads
+``HF_HUB_CACHE``, ``HF_HOME``, ``HF_HUB_OFFLINE`` and ``HF_ENDPOINT`` when it is imported), as a
+user meets it, once under the installed huggingface_hub and once under the oldest version that
+setup.cfg allows: ``make test`` installs that one into ``<venv>/hub-oldest``, put first on
+``PYTHONPATH`` for those runs.
 
 The network is never used: "online" runs point ``HF_ENDPOINT`` at a server on 127.0.0.1 that
 records what it is asked and answers 404, or at a closed port there."""
@@ -29,6 +30,7 @@ from packaging.requirements import Requirement
 from packaging.version import Version
 from PIL import Image
 
+from hub_cache import write_cache
 from pyg_mefl.testing.pairs import relative_error
 from pyg_mefl.testing.published_models import (ReferenceModel, random_backbone_state,
                                                reference_head, save_hub_directory,
@@ -57,34 +59,6 @@ def _allowed_range():
     return requirement.specifier, Version(lower[0])
 
 
-# --- the cache, as huggingface_hub writes it ---------------------------------------------------
-
-def _git_blob_id(data):
-    """The blob name of a file kept in git (not LFS), such as config.json: its git object id."""
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def _write_cache(cache, directory, repo_id, commit):
-    """``directory``'s files as huggingface_hub caches a snapshot of ``repo_id`` at ``commit``:
-    the blobs named by their git object id (small files) or sha256 (LFS files, the weights),
-    relative symlinks to them in ``snapshots/<commit>/``, ``refs/main`` holding ``commit`` (no
-    newline: the library writes none and reads the file as it is)."""
-    repo = os.path.join(cache, "models--" + repo_id.replace("/", "--"))
-    snapshot = os.path.join(repo, "snapshots", commit)
-    for sub in ("blobs", "refs", snapshot):
-        os.makedirs(os.path.join(repo, sub), exist_ok=True)
-    for name in sorted(os.listdir(directory)):
-        with open(os.path.join(directory, name), "rb") as stream:
-            data = stream.read()
-        blob = (_git_blob_id(data) if name.endswith(".json")
-                else hashlib.sha256(data).hexdigest())
-        shutil.move(os.path.join(directory, name), os.path.join(repo, "blobs", blob))
-        os.symlink(os.path.join("..", "..", "blobs", blob), os.path.join(snapshot, name))
-    with open(os.path.join(repo, "refs", "main"), "w") as stream:
-        stream.write(commit)
-    return repo, snapshot
-
-
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     """A mexca stage-2 model (the ResNet-18 trunk: the smallest the layout has, 45 MB) in a
@@ -99,7 +73,7 @@ def hub(tmp_path_factory):
     reference = ReferenceModel("resnet18", trunk, head, channels, seed=5)
     state = whole_model_state(trunk, reference.global_linear, head, 2, "mexca")
     save_hub_directory(state, base / "saved")  # config.json + model.safetensors, as mexca's
-    repo, snapshot = _write_cache(cache, base / "saved", REPO_ID, COMMIT)
+    repo, snapshot = write_cache(cache, base / "saved", REPO_ID, COMMIT)
     with torch.no_grad():
         expected = reference.eval()(_images())
     return {"base": base, "home": str(home), "cache": cache, "repo": repo,

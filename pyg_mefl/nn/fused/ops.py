@@ -29,10 +29,18 @@ def _apply_autocast(function, *args):
         return function.apply(*args)
 
 
+def _spans(total: int, step: int) -> List[Tuple[int, int]]:
+    """``[start, end)`` of consecutive chunks of ``step`` out of ``total``; one span under
+    ``torch.export``, where ``total`` may be symbolic (a dynamic batch) and a loop over its
+    value would fix it to the traced size."""
+    if torch.compiler.is_exporting():
+        return [(0, total)]
+    return [(start, min(start + step, total)) for start in range(0, total, step)]
+
+
 def _chunks(num_edges: int, per_edge: int, run_length: RunLength) -> List[Tuple[int, int]]:
     group = run_length or 1
-    step = max(1, _CHUNK_ELEMENTS // max(per_edge * group, 1)) * group
-    return [(start, min(start + step, num_edges)) for start in range(0, num_edges, step)]
+    return _spans(num_edges, max(1, _CHUNK_ELEMENTS // max(per_edge * group, 1)) * group)
 
 
 def _per_edge(a: Tensor, b: Tensor, run_length: RunLength) -> int:
@@ -230,7 +238,12 @@ def _target_scores(stacked_query: Tensor, key_t: Tensor, nodes: int, start: int,
     """``[t - start] = Q_g K_t^T`` (``[n P, R]``) for the target nodes ``t`` in
     ``[start, end)``: the scores of all the edges into ``t``, with ``Q_g`` the stacked queries of
     the graph ``g`` of ``t`` (rows ``(j, d)``), shared by its targets as a stride-0 batch.
-    Written into ``out``, or (``out`` :obj:`None`) into a new tensor."""
+    Written into ``out``, or (``out`` :obj:`None`) into a new tensor. Under ``torch.export``
+    (one span of all the targets, see :func:`_spans`) one broadcast product of every graph's
+    queries with its targets' keys, without a loop over the (symbolic) number of graphs."""
+    if torch.compiler.is_exporting():
+        per_graph = key_t.view(-1, nodes, key_t.size(1), key_t.size(2))
+        return torch.matmul(stacked_query.unsqueeze(1), per_graph).flatten(0, 1)
     parts = [torch.bmm(stacked_query[graph].expand(last - first, -1, -1), key_t[first:last],
                        out=None if out is None else out[first - start:last - start])
              for graph, first, last in _segments(start, end, nodes)]
@@ -272,8 +285,7 @@ class _CompleteSoftmaxColumnMoments(torch.autograd.Function):
         mass = query.new_empty(num_nodes, nodes, cols) if eager else None  # edge t n + j: t n + j
         second = query.new_empty(num_nodes, nodes) if eager and gram is not None else None
         masses, seconds = [], []
-        for start in range(0, num_nodes, step):
-            end = min(start + step, num_nodes)
+        for start, end in _spans(num_nodes, step):
             scores, attn = (None, None) if workspace is None else workspace[:, :end - start]
             scores = _target_scores(stacked_query, key_t, nodes, start, end, scores)
             attn = torch._softmax(scores, -1, False, out=attn)
@@ -311,8 +323,7 @@ class _CompleteSoftmaxColumnMoments(torch.autograd.Function):
         block = nodes * rows * cols
         step = _target_step(block)
         workspace = query.new_empty(4, min(step, num_nodes) * block) if eager else None
-        for start in range(0, num_nodes, step):
-            end = min(start + step, num_nodes)
+        for start, end in _spans(num_nodes, step):
             count = end - start
             scores, attn, work, stacked = ([None] * 4 if workspace is None else
                                            (buffer[:count * block] for buffer in workspace))
