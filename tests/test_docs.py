@@ -73,3 +73,20 @@ def test_user_pages_carry_no_history_markers(page):
               ("issue numbers", ISSUE_NUMBER))}
     found = {name: hits for name, hits in found.items() if hits}
     assert not found, f"{page.relative_to(ROOT)}: {found}"
+
+
+MATH_SECTION = re.compile(r"^## (\d+)\. ", flags=re.M)
+MATH_CITATION = re.compile(r"docs/math\.md §(\d+)(?:-(\d+))?(?:, §(\d+))?")
+
+
+def test_every_math_section_the_code_cites_exists():
+    """Docstrings cite the math as ``docs/math.md §N`` (or ``§N-M``): each N names a section."""
+    sections = set(MATH_SECTION.findall((DOCS / "math.md").read_text()))
+    cited = {}
+    for path in sorted((ROOT / "pyg_mefl").rglob("*.py")):
+        for match in MATH_CITATION.finditer(path.read_text()):
+            for number in filter(None, match.groups()):
+                cited.setdefault(number, path.relative_to(ROOT))
+    assert cited, "no citation found: the pattern no longer matches the docstrings"
+    missing = {number: str(path) for number, path in cited.items() if number not in sections}
+    assert not missing, f"docs/math.md has no section {missing}"

@@ -1,4 +1,4 @@
-"""Action-unit names of the published MEFL models (SPEC §6), in output order."""
+"""Action-unit names of the published MEFL models (docs/math.md §6), in output order."""
 from typing import List, Optional, Sequence, Tuple
 
 OPENGRAPHAU_MAIN_AUS: Tuple[str, ...] = (

@@ -133,7 +133,7 @@ def complete_au_graph(num_aus: int, batch_size: int = 1,
     r"""Complete directed graph with self-loops over ``num_aus`` nodes, ``batch_size`` times.
 
     Edge ``e = i * num_aus + j`` of each graph runs from source ``j`` to target ``i``
-    (SPEC §4, the order of the published dense code); graph ``b`` is offset by
+    (docs/math.md §4, the order of the published dense code); graph ``b`` is offset by
     ``b * num_aus`` nodes and ``b * num_aus**2`` edges, as PyG's ``Batch`` does.
 
     Returns:
@@ -152,7 +152,7 @@ def complete_au_graph(num_aus: int, batch_size: int = 1,
 
 def edge_slots(edge_index: Tensor, au_id: Tensor, num_aus: int) -> Tensor:
     """Slot ``au_id[target] * num_aus + au_id[source]`` of each edge: the index of its per-slot
-    statistics (SPEC §4-5), equal to the reference edge number inside a complete graph."""
+    statistics (docs/math.md §4-5), equal to the reference edge number inside a complete graph."""
     return au_id[edge_index[1]] * num_aus + au_id[edge_index[0]]
 
 
@@ -219,8 +219,8 @@ def face_graph(tokens: Optional[Tensor], num_aus: Optional[int] = None,
 
 
 def relation_labels(y: Tensor, edge_index: Tensor) -> Tensor:
-    """Co-occurrence class ``2 * y[target] + y[source]`` of each edge (SPEC §6); ``-1`` where
-    either label is unknown."""
+    """Co-occurrence class ``2 * y[target] + y[source]`` of each edge (docs/math.md §6); ``-1``
+    where either label is unknown."""
     source, target = y[edge_index[0]], y[edge_index[1]]
     known = (source >= 0) & (target >= 0)
     return torch.where(known, 2 * target + source, torch.full_like(source, -1))

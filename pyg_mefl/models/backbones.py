@@ -1,5 +1,6 @@
-"""Backbones that turn face images into the token sets MEFL reads (SPEC §1, §10): a small CNN,
-and torchvision's ResNets and timm's Swin Transformers behind the published global linear block."""
+"""Backbones that turn face images into the token sets MEFL reads (docs/math.md §1, §10): a small
+CNN, and torchvision's ResNets and timm's Swin Transformers behind the published global linear
+block."""
 from typing import Optional
 
 from torch import Tensor
@@ -75,7 +76,7 @@ def _check_images(images: Tensor) -> None:
 class ResNetTokens(Module):
     r"""torchvision's ResNet up to ``layer4``, its last map read as tokens: a 224x224 face gives
     :math:`7 \times 7 = 49` tokens of 2048 channels (512 for ResNet-18/34), as the published
-    MEFARG models read them (SPEC §10). The modules keep torchvision's names, which are the
+    MEFARG models read them (docs/math.md §10). The modules keep torchvision's names, which are the
     published checkpoints' (``conv1``, ``bn1``, ``layer1`` ... ``layer4``). Needs the ``vision``
     extra.
 
@@ -115,8 +116,8 @@ class ResNetTokens(Module):
 class SwinTokens(Module):
     r"""timm's Swin Transformer (patch 4, window 7, 224 px) without its classifier, the final
     :math:`7 \times 7` map read as 49 tokens of :math:`8 E` channels (768 for Swin-T/S, 1024 for
-    Swin-B), as the published MEFARG models read them (SPEC §10). The modules keep timm's names
-    (``patch_embed``, ``layers``, ``norm``); :mod:`pyg_mefl.pretrained.swin` maps Microsoft's
+    Swin-B), as the published MEFARG models read them (docs/math.md §10). The modules keep timm's
+    names (``patch_embed``, ``layers``, ``norm``); :mod:`pyg_mefl.pretrained.swin` maps Microsoft's
     original checkpoints onto them. Needs the ``vision`` extra.
 
     Args:

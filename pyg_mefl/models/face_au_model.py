@@ -88,7 +88,7 @@ class FaceAUModel(Module):
                         stage: Optional[int] = None, backbone: Optional[str] = None,
                         **overrides) -> "FaceAUModel":
         r"""A whole model, built and loaded strictly: a pyg_mefl model directory (see
-        :meth:`save_pretrained`) or a published model (SPEC §10).
+        :meth:`save_pretrained`) or a published model (docs/math.md §10).
 
         Args:
             path_or_dir (str, os.PathLike or Mapping): A pyg_mefl model directory (its

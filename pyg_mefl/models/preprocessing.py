@@ -1,4 +1,4 @@
-"""The published evaluation preprocessing of each source (SPEC §10): a PIL face image to the
+"""The published evaluation preprocessing of each source (docs/math.md §10): a PIL face image to the
 ``[3, 224, 224]`` tensor its models read, and the same steps as plain data for files that
 describe a model (model directories, exported ONNX models)."""
 from typing import Dict, List, Tuple

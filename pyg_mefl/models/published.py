@@ -1,5 +1,5 @@
-"""Whole published models (SPEC §10), strictly: backbone, global linear block and AU head from
-one OpenGraphAU / ME-GraphAU training checkpoint or one mexca hub directory, and back.
+"""Whole published models (docs/math.md §10), strictly: backbone, global linear block and AU head
+from one OpenGraphAU / ME-GraphAU training checkpoint or one mexca hub directory, and back.
 
 The bodies of :meth:`FaceAUModel.from_pretrained` and
 :meth:`FaceAUModel.to_published_state_dict`.

@@ -1,5 +1,5 @@
 """ANFL: the stage-1 head, AFG -> facial kNN graph -> one graph layer -> similarity head
-(SPEC §9)."""
+(docs/math.md §9)."""
 import math
 from typing import Optional, Sequence, Union
 

@@ -1,4 +1,4 @@
-"""Cross-attention between token sets (SPEC §3)."""
+"""Cross-attention between token sets (docs/math.md §3)."""
 import math
 from typing import Optional
 

@@ -1,4 +1,5 @@
-"""Linear blocks: the global block before MEFL and the AU-specific blocks of the AFG (SPEC §1-2)."""
+"""Linear blocks: the global block before MEFL and the AU-specific blocks of the AFG
+(docs/math.md §1-2)."""
 import math
 from typing import Optional
 
@@ -14,7 +15,7 @@ from .norm import SlotBatchNorm
 
 class LinearBlock(Module):
     r"""``ReLU(BN(Linear(Dropout(X))))`` over token sets, the BN per channel with statistics
-    over batch × tokens (SPEC §1). Published checkpoints use it as the global linear block
+    over batch × tokens (docs/math.md §1). Published checkpoints use it as the global linear block
     between the backbone and MEFL (``global_linear`` / ``linear_global``).
 
     Args:
@@ -46,7 +47,7 @@ class LinearBlock(Module):
 
 
 class AUFeatureBlocks(Module):
-    r"""AU-specific feature generator (AFG, SPEC §2): one :class:`LinearBlock` per AU of the
+    r"""AU-specific feature generator (AFG, docs/math.md §2): one :class:`LinearBlock` per AU of the
     vocabulary, stored as stacked weights so that all of them run as one matrix product.
 
     .. math::

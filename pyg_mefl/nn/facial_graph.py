@@ -1,4 +1,5 @@
-"""The facial graph generator of ANFL (SPEC §9): a directed kNN graph over each face's AU nodes."""
+"""The facial graph generator of ANFL (docs/math.md §9): a directed kNN graph over each face's AU
+nodes."""
 from typing import Optional, Tuple
 
 import torch

@@ -1,4 +1,5 @@
-"""The graph edge model (GEM, SPEC §4): multi-dimensional edge features from AU and face tokens."""
+"""The graph edge model (GEM, docs/math.md §4): multi-dimensional edge features from AU and face
+tokens."""
 import math
 from typing import Optional
 

@@ -1,4 +1,4 @@
-"""Residual gated graph convolution with edge update (SPEC §5)."""
+"""Residual gated graph convolution with edge update (docs/math.md §5)."""
 import math
 from typing import Optional, Tuple
 

@@ -1,4 +1,4 @@
-"""MEFL: AFG, GEM and the gated GNN with the similarity heads (SPEC §2-6)."""
+"""MEFL: AFG, GEM and the gated GNN with the similarity heads (docs/math.md §2-6)."""
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -180,7 +180,7 @@ class MEFL(Module):
 
     @classmethod
     def from_pretrained(cls, checkpoint, source: Optional[str] = None) -> "MEFL":
-        r"""A MEFL with the weights of a published checkpoint (SPEC §8), loaded strictly.
+        r"""A MEFL with the weights of a published checkpoint (docs/math.md §8), loaded strictly.
 
         Args:
             checkpoint (str, os.PathLike or Mapping): A file (read with

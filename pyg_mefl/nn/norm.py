@@ -1,4 +1,4 @@
-"""Batch normalisation with one statistic per AU slot (SPEC §4-5)."""
+"""Batch normalisation with one statistic per AU slot (docs/math.md §4-5)."""
 from typing import Optional, Tuple
 
 import torch

@@ -1,5 +1,6 @@
 """What the stage-1 (:class:`~pyg_mefl.ANFL`) and stage-2 (:class:`~pyg_mefl.MEFL`) heads share:
-their inputs (tokens or face graphs), the sub-AU mapping and the similarity head (SPEC §6)."""
+their inputs (tokens or face graphs), the sub-AU mapping and the similarity head
+(docs/math.md §6)."""
 from typing import Optional, Sequence, Tuple, Union
 
 import torch

@@ -1,5 +1,5 @@
-"""Published stage-1 (ANFL) head layouts (SPEC §9) as rename tables, and strict loading and saving
-of :class:`~pyg_mefl.ANFL` heads: the bodies of :meth:`pyg_mefl.ANFL.from_pretrained` and
+"""Published stage-1 (ANFL) head layouts (docs/math.md §9) as rename tables, and strict loading and
+saving of :class:`~pyg_mefl.ANFL` heads: the bodies of :meth:`pyg_mefl.ANFL.from_pretrained` and
 :meth:`pyg_mefl.ANFL.to_published_state_dict`, registered as such (:mod:`pyg_mefl.utils.registry`)
 when this module is imported."""
 import re

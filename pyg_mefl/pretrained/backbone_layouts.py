@@ -1,5 +1,5 @@
-"""The image backbones of published whole models (SPEC §10): which one a file holds, read off
-its keys, and its tensors renamed to the torchvision / timm modules that pyg_mefl runs.
+"""The image backbones of published whole models (docs/math.md §10): which one a file holds, read
+off its keys, and its tensors renamed to the torchvision / timm modules that pyg_mefl runs.
 
 ResNets keep torchvision's names (the published ``resnet.py`` and mexca use them); Swin backbones
 go through :mod:`pyg_mefl.pretrained.swin`.

@@ -1,4 +1,4 @@
-"""Strict loading and saving of whole published MEFL heads (SPEC §8): the bodies of
+"""Strict loading and saving of whole published MEFL heads (docs/math.md §8): the bodies of
 :meth:`pyg_mefl.MEFL.from_pretrained` and :meth:`pyg_mefl.MEFL.to_published_state_dict`,
 registered as such (:mod:`pyg_mefl.utils.registry`) when this module is imported."""
 import logging

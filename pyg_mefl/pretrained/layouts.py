@@ -1,4 +1,4 @@
-"""Published MEFL head layouts (SPEC §8) as rename tables.
+"""Published MEFL head layouts (docs/math.md §8) as rename tables.
 
 Everything that differs between the mexca, OpenGraphAU and ME-GraphAU layouts is data in
 :data:`LAYOUTS`; :func:`head_rules` expands it into one ``(native key, published key(s), how)``

@@ -1,4 +1,4 @@
-"""Swin Transformer backbones saved in Microsoft's original layout (SPEC §10) as timm's
+"""Swin Transformer backbones saved in Microsoft's original layout (docs/math.md §10) as timm's
 ``SwinTransformer`` (timm >= 0.9), both ways, by a rename table.
 
 The two layouts name every tensor alike except the patch merging that halves the map: Microsoft

@@ -2,7 +2,8 @@
 them (test oracle, written from SPEC.md §10).
 
 - Backbones: torchvision's ResNets and timm's Swin Transformers themselves. A Swin file in
-  Microsoft's original layout is made from a timm model by string rules written here from SPEC §10
+  Microsoft's original layout is made from a timm model by string rules written here from
+  docs/math.md §10
   (patch merging moved from the start of stage i+1 to the end of stage i, buffers stored, the
   original registration order), with the buffers computed here by Microsoft's formulas; the
   reference reads such a file back through timm's own ``checkpoint_filter_fn``.
@@ -76,7 +77,8 @@ def shifted_window_mask(resolution, window=WINDOW):
 
 
 def microsoft_swin_state(model, name):
-    """The state dict of a timm Swin ``model`` in Microsoft's layout and order (SPEC §10)."""
+    """The state dict of a timm Swin ``model`` in Microsoft's layout and order
+    (docs/math.md §10)."""
     depths = SWIN[name][2]
     timm_state = model.state_dict()
     out = {}

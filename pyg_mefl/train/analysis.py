@@ -16,7 +16,7 @@ def au_relations(model: FaceAUModel, loader, device: torch.device) -> Tuple[Tens
     ``[V, V]`` matrix (row: target AU :math:`i`, column: source AU :math:`j`; NaN for pairs
     never seen), and its description: with an edge head, the softmax probability of class 3
     ("both AUs active"); without, the mean over channels of the last GNN layer's gate
-    :math:`\eta_{j \to i}` (SPEC §5)."""
+    :math:`\eta_{j \to i}` (docs/math.md §5)."""
     if not isinstance(model.head, MEFL):
         raise TypeError(f"au_relations: expected a model with a MEFL head (its edge features "
                         f"hold the relations), got a {type(model.head).__name__} head")

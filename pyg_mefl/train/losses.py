@@ -1,5 +1,5 @@
-"""The published training objective (SPEC §7): weighted asymmetric loss on AU probabilities and
-the cross-entropy of the edge relation head."""
+"""The published training objective (docs/math.md §7): weighted asymmetric loss on AU probabilities
+and the cross-entropy of the edge relation head."""
 from typing import Optional
 
 import torch
@@ -30,7 +30,7 @@ def au_class_weights(labels: Tensor) -> Tensor:
 
 
 class WeightedAsymmetricLoss(Module):
-    r"""The weighted asymmetric loss of ME-GraphAU and OpenGraphAU (SPEC §7). Per element
+    r"""The weighted asymmetric loss of ME-GraphAU and OpenGraphAU (docs/math.md §7). Per element
 
     .. math::
         \ell_{b,a} = -w_a \Big[ y \log \max(p, \epsilon) + (1 - y)\, \mathrm{sg}(p)
@@ -78,9 +78,9 @@ class WeightedAsymmetricLoss(Module):
 
 
 def relation_loss(edge_logits: Tensor, edge_y: Tensor) -> Tensor:
-    r"""Cross-entropy of the 4-class edge relation head (SPEC §6-7) against the relation labels
-    ``edge_y`` of :func:`~pyg_mefl.face_graph` (``-1``, unknown, ignored); zero (with a graph to
-    ``edge_logits``) when no edge label is known.
+    r"""Cross-entropy of the 4-class edge relation head (docs/math.md §6-7) against the relation
+    labels ``edge_y`` of :func:`~pyg_mefl.face_graph` (``-1``, unknown, ignored); zero (with a
+    graph to ``edge_logits``) when no edge label is known.
 
     Shapes:
         - **input:** ``edge_logits`` :math:`(E, 4)`, ``edge_y`` :math:`(E)`

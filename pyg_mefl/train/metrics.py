@@ -1,4 +1,4 @@
-"""Streaming AU metrics (SPEC §7): per-AU F1 at a threshold, their mean, and accuracy."""
+"""Streaming AU metrics (docs/math.md §7): per-AU F1 at a threshold, their mean, and accuracy."""
 from typing import Dict, Union
 
 import torch

@@ -2,9 +2,9 @@
 store no boolean masks.
 
 Under :func:`torch.compile`, AOTAutograd is free to save a ReLU's ``x > 0`` as a boolean mask
-(one byte an element instead of four), and inductor's CPU kernels write such masks very slowly:
-5.4 M elements (the AU blocks at B = 8, N = 27) took 34 ms against 1.6 ms for the ReLU itself
-(2 threads, AVX-512). The backward passes below read tensors the step keeps anyway (a ReLU's
+(one byte an element instead of four), and inductor's CPU kernels write such masks many times
+slower than the ReLU itself (``benchmarks/README.md``, "Measured choices in the kernels"). The
+backward passes below read tensors the step keeps anyway (a ReLU's
 output, a batch norm's input and statistics) inside one custom operator each, which compiled
 code calls as a library kernel: nothing is left for the partitioner to turn into a mask. In
 eager mode they are the kernels autograd would run.

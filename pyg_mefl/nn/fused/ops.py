@@ -253,8 +253,8 @@ def _target_scores(stacked_query: Tensor, key_t: Tensor, nodes: int, start: int,
 def _target_step(block: int) -> int:
     """Target nodes per chunk of :class:`_CompleteSoftmaxColumnMoments`, ``block`` elements each:
     its (at most 4) workspace buffers share ``_CHUNK_ELEMENTS``. Small chunks matter beyond
-    memory: a chunk's maps then stay in cache from one step to the next (at B = 8, N = 27,
-    D = 49, 16 targets a chunk ran the op 1.2-1.3x faster than 64)."""
+    memory: a chunk's maps then stay in cache from one step to the next (``benchmarks/README.md``,
+    "Measured choices in the kernels")."""
     return max(1, _CHUNK_ELEMENTS // (4 * block))
 
 
@@ -273,7 +273,7 @@ class _CompleteSoftmaxColumnMoments(torch.autograd.Function):
     # queries without a gather, and recomputed in the backward pass. Under torch.compile the
     # chunks' ops are out of place and their results concatenated: functionalised, a write into
     # a view of a workspace (or of a whole output) rewrites the entire base buffer, 4 x the
-    # workspace per op (the compiled training step ran 1.6x slower than eager).
+    # workspace per op (the compiled training step ran slower than eager).
     @staticmethod
     def forward(ctx, query: Tensor, key: Tensor, gram: Optional[Tensor], nodes: int):
         num_nodes, rows, cols = query.size(0), query.size(1), key.size(1)
