@@ -23,6 +23,7 @@ import argparse
 import csv
 import os
 import sys
+from pathlib import Path
 
 import torch
 
@@ -47,7 +48,7 @@ def released_model(path, layout, seed):
     reference = ReferenceModel("resnet18", trunk, head, CHANNELS, seed)
     state = whole_model_state(trunk, reference.global_linear, head, 2, layout)
     if layout == "mexca":
-        save_hub_directory(state, path)
+        save_hub_directory(state, Path(path))
     else:
         torch.save({"epoch": 0, "state_dict": state, "optimizer": {}}, path)
     return path

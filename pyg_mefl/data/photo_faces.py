@@ -58,11 +58,12 @@ class FaceCropCache:
     def crops(self, photos: Sequence[str], where: Optional[Sequence[str]] = None) -> List[str]:
         """The paths of the face crops of ``photos``, cutting those not cached yet; ``where``
         (e.g. ``"labels.csv, line 4"``) names each photo in the warnings."""
-        where = where or list(photos)
+        where = where or [""] * len(photos)
         return [self.crop(photo, place) for photo, place in zip(photos, where)]
 
     def crop(self, photo: str, where: str) -> str:
-        """The path of the face crop of ``photo`` (see :meth:`crops`)."""
+        """The path of the face crop of ``photo`` (see :meth:`crops`; ``where`` may be
+        empty)."""
         key = self._key(photo)
         crop_path, record_path = self.folder / f"{key}.png", self.folder / f"{key}.json"
         if crop_path.is_file() and record_path.is_file():
@@ -74,7 +75,7 @@ class FaceCropCache:
             what = ("no face found: the whole photo is taken as the face crop" if
                     record["faces"] == 0 else
                     f"{record['faces']} faces found: the largest is taken")
-            warnings.warn(f"{where}: {photo}: {what}", stacklevel=3)
+            warnings.warn(f"{where + ': ' if where else ''}{photo}: {what}", stacklevel=3)
         return str(crop_path)
 
     def _key(self, photo: str) -> str:
