@@ -6,6 +6,9 @@ Data (one of):
                                              optional split [M] (0/1/2) and au_names
     --data-root DIR --dataset NAME --fold K  images in the ME-GraphAU list layout, through
                                              --backbone cnn (built-in) or resnet50 (torchvision)
+    --init MODEL --labels CSV                fine-tune a released model (a file, a directory or
+                                             a hub id) on labelled face photos (or on images in
+                                             the list layout: --init with --data-root)
 
 Token features go through --token-norm (fitted on the training split) before the model; each
 AU is decided at a threshold calibrated on the validation split. Writes into --out:
@@ -13,9 +16,11 @@ checkpoint.pt (every epoch, atomic; --resume continues it exactly), best.pt (the
 best validation mean F1, with the thresholds and the fitted token normalisation:
 pyg_mefl.transforms.load_token_norm rebuilds it), metrics.json (test metrics of the best weights
 at the thresholds and at 0.5, and two baselines), f1_per_au.png, au_relations.png and
-training_curves.png.
+training_curves.png. Fine-tuning (--init) writes checkpoint.pt, best.pt, metrics.json and the
+model directory model/ (pyg_mefl.FaceAUModel.from_pretrained and `predict --checkpoint` load it).
 
     python examples/train_au.py --out runs/demo
+    python examples/train_au.py --init model.pth --labels photos/labels.csv --out runs/mine
     torchrun --standalone --nproc_per_node=2 examples/train_au.py --out runs/demo2
 
 Under torchrun each process trains on its shard of every global batch of --batch-size; rank 0
@@ -58,6 +63,8 @@ from pyg_mefl.transforms.token_norm import CHECKPOINT_KEY as TOKEN_NORM_KEY  # n
 from pyg_mefl.train.checkpoints import BEST, CHECKPOINT  # noqa: E402
 from pyg_mefl.train.distributed import (close_distributed, init_distributed,  # noqa: E402
                                         is_main_process, rank, world_size)
+from pyg_mefl.train.finetune import (DEFAULT_LR as FINETUNE_LR, RECIPES, STAGE_LR,  # noqa: E402
+                                     FinetuneSettings, run_finetune)
 
 
 def parse_args(argv=None):
@@ -65,6 +72,25 @@ def parse_args(argv=None):
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--features", help="token-features file (torch.save of a dict)")
     source.add_argument("--data-root", help="root of a data set in the ME-GraphAU list layout")
+    source.add_argument("--labels", help="labels CSV of face photos (with --init): a path "
+                        "column, AU columns (AU12, AU01, AU12_c), optionally a split column")
+    parser.add_argument("--init", help="released model to fine-tune: a file, a model directory "
+                        "or a hub id (whatever FaceAUModel.from_pretrained loads)")
+    parser.add_argument("--recipe", choices=RECIPES, default="fine-tune",
+                        help="with --init: train the loaded model on (fine-tune), or ME-GraphAU's "
+                        "stage 1 (ANFL) then stage 2 (MEFL) (published-two-stage)")
+    parser.add_argument("--freeze-backbone", action="store_true",
+                        help="with --init: keep the backbone's weights and statistics")
+    parser.add_argument("--backbone-lr-scale", type=float,
+                        default=FinetuneSettings.backbone_lr_scale,
+                        help="with --init: the backbone learns at --lr times this")
+    parser.add_argument("--no-augment", action="store_true",
+                        help="with --init: no train-time augmentation (crop, flip, colour)")
+    parser.add_argument("--photos-are-crops", action="store_true",
+                        help="with --labels: the photos are face crops (no face detection)")
+    parser.add_argument("--crop-cache", default=None,
+                        help="with --labels: folder of cached face crops (default: "
+                        "~/.cache/pyg_mefl/face_crops)")
     parser.add_argument("--dataset", default="BP4D", help="data set name in the list files")
     parser.add_argument("--fold", type=int, default=1, help="fold of the list files")
     parser.add_argument("--backbone", choices=BACKBONES, default="cnn",
@@ -74,12 +100,16 @@ def parse_args(argv=None):
     parser.add_argument("--channels", type=int, default=None,
                         help="token width C of the image backbone (default: 64 cnn, 512 resnet50)")
     parser.add_argument("--num-faces", type=int, default=2000, help="synthetic faces")
-    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
-                        help="most epochs (early stopping may end sooner)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=DEFAULT_LR,
-                        help="AdamW peak learning rate (chosen on the synthetic families of "
-                        "benchmarks/training_suite; ME-GraphAU trains ResNet-50 models at 1e-4)")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help=f"most epochs (early stopping may end sooner; default "
+                        f"{DEFAULT_EPOCHS}, with --init {FinetuneSettings.epochs} per stage)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help=f"default 32, with --init {FinetuneSettings.batch_size}")
+    parser.add_argument("--lr", type=float, default=None,
+                        help=f"AdamW peak learning rate (default {DEFAULT_LR}, chosen on the "
+                        f"synthetic families of benchmarks/training_suite; with --init "
+                        f"{FINETUNE_LR}, and {STAGE_LR[1]} / {STAGE_LR[2]} for the two stages, "
+                        f"ME-GraphAU's)")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="warmup-cosine",
                         help="linear warm-up then cosine decay over --epochs, or constant")
     parser.add_argument("--warmup-epochs", type=float, default=DEFAULT_WARMUP_EPOCHS,
@@ -87,14 +117,16 @@ def parse_args(argv=None):
     parser.add_argument("--patience", type=int, default=None,
                         help="stop after this many epochs without a better validation mean F1 "
                         f"(0: never; default: {PATIENCE_FRACTION} of --epochs, at least "
-                        f"{MIN_PATIENCE}, which scales with the schedule)")
+                        f"{MIN_PATIENCE}, which scales with the schedule; with --init "
+                        f"{FinetuneSettings.patience})")
     parser.add_argument("--token-norm", type=_token_norm_name, default=DEFAULT_TOKEN_NORM,
                         help="token normalisation fitted on the training split: 'auto' (chosen "
                         f"on the training data from {list(AUTO_CANDIDATES)}), 'none', or steps "
                         f"from {sorted(TOKEN_NORM_STEPS)} joined with '+' (token features only)")
     parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--lam", type=float, default=0.05,
-                        help="weight of the edge relation loss (0: no edge head)")
+    parser.add_argument("--lam", type=float, default=None,
+                        help="weight of the edge relation loss (0: no edge head; default 0.05, "
+                        "with --init 0.05 for a model with an edge head, else 0)")
     parser.add_argument("--out", default="runs/train_au", help="output folder")
     parser.add_argument("--resume", help="checkpoint.pt to continue from")
     parser.add_argument("--seed", type=int, default=0)
@@ -238,6 +270,12 @@ def curves_plot(path, history):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.init or args.labels:
+        return run_finetune(args)
+    args.epochs = DEFAULT_EPOCHS if args.epochs is None else args.epochs
+    args.batch_size = 32 if args.batch_size is None else args.batch_size
+    args.lr = DEFAULT_LR if args.lr is None else args.lr
+    args.lam = 0.05 if args.lam is None else args.lam
     began = time.perf_counter()
     random.seed(args.seed)
     numpy.random.seed(args.seed)
