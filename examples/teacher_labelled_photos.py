@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from pyg_mefl.data.aus import BP4D_AUS
-from pyg_mefl.data.photo_faces import FaceCropCache
+from pyg_mefl.train.photo_faces import FaceCropCache
 from pyg_mefl.testing.published_models import (ReferenceModel, random_backbone_state,
                                                reference_head, save_hub_directory,
                                                whole_model_state)

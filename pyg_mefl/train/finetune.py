@@ -35,7 +35,6 @@ from torch_geometric.loader import DataLoader
 
 from ..data.datasets import SPLITS, ImageListFaceDataset
 from ..data.label_csv import au_column_name, read_label_csv
-from ..data.photo_dataset import LabelledPhotoDataset, training_transform
 from ..models.model_dir import write_atomically
 from ..nn.anfl import ANFL
 from ..nn.mefl import MEFL
@@ -43,6 +42,8 @@ from .checkpoints import BEST, CHECKPOINT
 from .loop import fit
 from .losses import MEFLLoss, au_class_weights
 from .metrics import AUMetrics
+from .photo_dataset import LabelledPhotoDataset, training_transform
+from .photo_faces import FaceCropCache, default_cache_folder
 from .schedule import warmup_cosine_schedule
 from .thresholds import calibrate_thresholds
 
@@ -400,7 +401,6 @@ def run_finetune(args) -> dict:
     r"""``examples/train_au.py --init MODEL --labels CSV`` (or ``--data-root``): the parsed
     options to :func:`finetune`. Every input is read and checked (the model, every CSV row and
     photo, the face crops) before anything is written into ``--out``."""
-    from ..data.photo_faces import FaceCropCache, default_cache_folder
     from ..models import FaceAUModel
     if args.init is None:
         raise ValueError("--labels: give the model to fine-tune with --init")

@@ -16,7 +16,7 @@ import torch
 
 from pyg_mefl import MEFL, FaceAUModel
 from pyg_mefl.data.label_csv import au_column_name, read_label_csv
-from pyg_mefl.data.photo_dataset import mirrored_au_order
+from pyg_mefl.train.photo_dataset import mirrored_au_order
 from pyg_mefl.models.backbones import SmallCNN
 from pyg_mefl.train.finetune import FinetuneSettings, finetune, photo_dataset
 from real_media import MULTI_FACE, NO_FACE, SAME_SIZE, media
@@ -178,7 +178,7 @@ def test_photos_are_detected_once_and_several_or_no_faces_warned_about(tmp_path)
     pytest.importorskip("facenet_pytorch")
     from PIL import Image
 
-    from pyg_mefl.data.photo_faces import FaceCropCache
+    from pyg_mefl.train.photo_faces import FaceCropCache
     detector = CountingDetector()
     cache = FaceCropCache(tmp_path / "cache", detector=detector)
     photos = [str(media(MULTI_FACE)), str(media(NO_FACE))]
@@ -285,7 +285,10 @@ def _cli(args):
 
 
 def test_sigkill_then_resume_gives_the_straight_run(init_model, photos, tmp_path):
-    base = ["--init", str(init_model), "--labels", str(photos / "labels.csv")] + RUN
+    # five epochs: after the first epoch's checkpoint the run has several epochs and its test
+    # left, so the kill lands inside the run however fast the machine is
+    base = ["--init", str(init_model), "--labels", str(photos / "labels.csv")] + RUN + \
+        ["--epochs", "5"]
     straight = tmp_path / "straight"
     assert _cli(base + ["--out", str(straight)]).returncode == 0
     killed = tmp_path / "killed"
@@ -294,10 +297,9 @@ def test_sigkill_then_resume_gives_the_straight_run(init_model, photos, tmp_path
     while not (killed / "checkpoint.pt").exists():
         assert process.poll() is None, process.stderr.read()
         assert time.monotonic() < deadline
-        time.sleep(0.05)
-    time.sleep(0.5)
+        time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert process.wait() == -signal.SIGKILL, "the run ended before it was killed"
     assert not (killed / "metrics.json").exists() and not (killed / "model").exists()
     result = _cli(base + ["--out", str(killed), "--resume", str(killed / "checkpoint.pt")])
     assert result.returncode == 0, result.stderr[-2000:]

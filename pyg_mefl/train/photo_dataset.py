@@ -8,8 +8,8 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from ..models.preprocessing import IMAGE_SIZE, RESIZE, published_preprocessing
-from .datasets import FaceGraphDataset
-from .graph import face_graph
+from ..data.datasets import FaceGraphDataset
+from ..data.graph import face_graph
 
 # ME-GraphAU's image_train: ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4, hue=0)
 COLOR_JITTER = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.0)

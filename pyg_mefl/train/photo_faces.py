@@ -19,6 +19,8 @@ import warnings
 from pathlib import Path
 from typing import List, Optional, Sequence
 
+from ..faces.crops import square_face_crop
+from ..faces.detector import MEXCA_DETECTOR, FaceDetector, frame_tensor
 from ..models.model_dir import write_atomically
 
 CROP_STYLES = ("square", "mexca")
@@ -51,7 +53,6 @@ class FaceCropCache:
     @property
     def detector(self):
         if self._detector is None:
-            from ..faces import FaceDetector
             self._detector = FaceDetector()
         return self._detector
 
@@ -89,8 +90,6 @@ class FaceCropCache:
     def _cut(self, photo: str, crop_path: Path) -> dict:
         from PIL import Image
 
-        from ..faces.crops import square_face_crop
-        from ..faces.detector import frame_tensor
         with Image.open(photo) as image:
             image = image.convert("RGB")
         found = self.detector.detect(frame_tensor(image))[0]
@@ -114,7 +113,6 @@ def _detector_settings(detector) -> dict:
     (mexca's, without building the networks)."""
     if detector is not None:
         return detector.settings()
-    from ..faces.detector import MEXCA_DETECTOR
     return {"default": sorted(MEXCA_DETECTOR.items())}
 
 
