@@ -23,7 +23,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, TextIO, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, TextIO, Tuple, Union
 
 import numpy as np
 from tqdm import tqdm
@@ -39,6 +39,7 @@ FIGURE_WIDTH = 11  # inches, of a video's picture
 MAX_PIXELS = 32000  # the longest side of a PNG; the dpi is lowered to keep under it
 ABSENT_COLOUR = "white"  # a face's cells where it is not in the frame
 OUTLINE_COLOUR = "#e8175d"  # the outline of cells at or above the threshold
+Threshold = Union[float, np.ndarray]  # one for all AUs, or one per AU
 FIRST_AU = len(LEADING_COLUMNS) + len(LANDMARK_COLUMNS)
 
 
@@ -52,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="folder for the pictures, one DIR/<input name>.png per input")
     parser.add_argument("--threshold", type=_probability, default=None, metavar="P",
-                        help="probability at which an AU counts as present (default: the "
-                             "'threshold' of the CSV's sidecar <CSV>.json, else 0.5)")
+                        help="probability at which every AU counts as present (default: the "
+                             "thresholds of the CSV's sidecar <CSV>.json, the model's own per "
+                             "AU, else 0.5)")
     parser.add_argument("--dpi", type=_positive_float, default=100.0, metavar="N",
                         help="pixels per inch of the PNGs (default: %(default)g)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -402,10 +404,11 @@ def _outline(ax, edges: np.ndarray, above: np.ndarray) -> None:
                linewidths=0.8)
 
 
-def video_figure(plot: VideoPlot, threshold: float, dpi: float = 100.0):
+def video_figure(plot: VideoPlot, threshold: Threshold, dpi: float = 100.0):
     """One panel per face, stacked on a common time axis, and the colour bar; cells at or above
-    ``threshold`` outlined when the columns are at least :data:`MIN_OUTLINED_PIXELS` wide at
-    ``dpi`` (narrower ones would be all outline), the threshold marked on the colour bar."""
+    ``threshold`` (one for all AUs, or one per AU of ``plot.au_names``) outlined when the columns
+    are at least :data:`MIN_OUTLINED_PIXELS` wide at ``dpi`` (narrower ones would be all
+    outline), one threshold for all marked on the colour bar."""
     import matplotlib
     au_count, faces = len(plot.au_names), len(plot.face_ids)
     row_height = 0.16  # inches per AU: room for labels of 6.5 pt
@@ -424,6 +427,7 @@ def video_figure(plot: VideoPlot, threshold: float, dpi: float = 100.0):
     outlined = column >= MIN_OUTLINED_PIXELS
     axes = figure.subplots(faces, 1, sharex=True, squeeze=False)[:, 0]
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad=ABSENT_COLOUR)
+    per_au, common = _per_au(threshold, au_count)
     y_edges = np.arange(au_count + 1) - 0.5
     mesh = None
     for k, ax in enumerate(axes):
@@ -432,7 +436,7 @@ def video_figure(plot: VideoPlot, threshold: float, dpi: float = 100.0):
         mesh = ax.pcolormesh(plot.edges, y_edges, np.ma.masked_invalid(grid), cmap=cmap,
                              vmin=0, vmax=1, shading="flat", rasterized=True)
         if outlined:
-            _outline(ax, plot.edges, np.nan_to_num(grid, nan=-1) >= threshold)
+            _outline(ax, plot.edges, np.nan_to_num(grid, nan=-1) >= per_au[:, None])
         ax.set_yticks(np.arange(au_count), plot.au_names, fontsize=6.5)
         ax.set_ylim(au_count - 0.5, -0.5)
         ax.set_xlim(plot.edges[0], plot.edges[-1])
@@ -447,17 +451,20 @@ def video_figure(plot: VideoPlot, threshold: float, dpi: float = 100.0):
                           aspect=max(20, 12 * faces))
     bar.set_label("probability", fontsize=9)
     bar.ax.tick_params(labelsize=8)
-    bar.ax.axhline(threshold, color=OUTLINE_COLOUR, linewidth=2)
-    bar.ax.text(-0.15, threshold, f"threshold {threshold:g}", ha="right", va="center",
-                transform=bar.ax.get_yaxis_transform(), fontsize=7, color=OUTLINE_COLOUR,
-                rotation=90)
+    if common is not None:
+        bar.ax.axhline(common, color=OUTLINE_COLOUR, linewidth=2)
+        bar.ax.text(-0.15, common, f"threshold {common:g}", ha="right", va="center",
+                    transform=bar.ax.get_yaxis_transform(), fontsize=7, color=OUTLINE_COLOUR,
+                    rotation=90)
+        rule = (f"outlined: probability \u2265 {common:g}" if outlined else
+                f"threshold {common:g}: the line on the colour bar")
+    else:
+        rule = ("outlined: probability \u2265 the AU's own threshold" if outlined else
+                "the AUs have thresholds of their own (not drawn at this width)")
     binned = (f", averaged over {plot.frames_per_bin:.1f} frames a column"
               if plot.frames_per_bin > 1 else "")
     figure.suptitle(f"{title}: AU probabilities over time, {faces} face(s), {plot.frames} "
-                    f"frames{binned}\n"
-                    + (f"outlined: probability \u2265 {threshold:g}" if outlined else
-                       f"threshold {threshold:g}: the line on the colour bar")
-                    + "; white: the face is not in the frame", fontsize=11)
+                    f"frames{binned}\n{rule}; white: the face is not in the frame", fontsize=11)
     return figure
 
 
@@ -489,9 +496,10 @@ def _crop(image, box: np.ndarray):
     return np.asarray(image.crop((x1, y1, x2, y2)))
 
 
-def photo_figure(plot: PhotoPlot, threshold: float, base: Optional[Path] = None):
+def photo_figure(plot: PhotoPlot, threshold: Threshold, base: Optional[Path] = None):
     """The faces side by side (at most :data:`MAX_PHOTO_COLUMNS` a row): each face's crop
-    when the photo opens, above its :data:`TOP_AUS` most probable AUs."""
+    when the photo opens, above its :data:`TOP_AUS` most probable AUs, coloured by whether they
+    reach ``threshold`` (one for all AUs, or one per AU of ``plot.au_names``)."""
     title = Path(plot.name).name
     if not plot.faces:
         figure = _figure(6, 1.6)
@@ -507,9 +515,11 @@ def photo_figure(plot: PhotoPlot, threshold: float, base: Optional[Path] = None)
     bars_height = 0.25 * top + 0.9
     crop_height = 2.4 if with_crops else 0
     figure = _figure(max(3.1 * columns, 5), lines * (bars_height + crop_height) + 0.7)
+    per_au, common = _per_au(threshold, len(plot.au_names))
+    rule = (f"{common:g} (the dashed line)" if common is not None else
+            "the AU's own threshold (its dashed mark)")
     figure.suptitle(f"{title}: {len(plot.faces)} face(s), the {top} most probable AUs of each"
-                    f"\norange: probability \u2265 {threshold:g} (the dashed line), grey: below",
-                    fontsize=12)
+                    f"\norange: probability \u2265 {rule}, grey: below", fontsize=12)
     cells = figure.subfigures(lines, columns, squeeze=False)
     names = np.array(plot.au_names)
     for k, face in enumerate(plot.faces):
@@ -524,9 +534,13 @@ def photo_figure(plot: PhotoPlot, threshold: float, base: Optional[Path] = None)
             ax = cell.subplots()
         best = np.argsort(-face.probs, kind="stable")[:top]
         values = face.probs[best]
-        colours = np.where(values >= threshold, "tab:orange", "tab:gray")
+        colours = np.where(values >= per_au[best], "tab:orange", "tab:gray")
         ax.barh(np.arange(top), values, color=colours)
-        ax.axvline(threshold, color=OUTLINE_COLOUR, linewidth=1.2, linestyle="--")
+        if common is not None:
+            ax.axvline(common, color=OUTLINE_COLOUR, linewidth=1.2, linestyle="--")
+        else:
+            ax.vlines(per_au[best], np.arange(top) - 0.45, np.arange(top) + 0.45,
+                      color=OUTLINE_COLOUR, linewidth=1.2, linestyle="--")
         for y, value in enumerate(values):
             ax.text(min(value, 1) + 0.02, y, f"{value:.2f}", va="center", fontsize=7)
         ax.set_yticks(np.arange(top), names[best], fontsize=8)
@@ -581,11 +595,31 @@ def read_sidecar(path: str) -> Tuple[dict, Optional[str]]:
     return (record if isinstance(record, dict) else {}), None
 
 
-def _sidecar_threshold(record: dict) -> Optional[float]:
+def _is_probability(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
+
+
+def _sidecar_threshold(record: dict, au_names: Sequence[str]) -> Optional[Threshold]:
+    """The sidecar's decision thresholds: its ``thresholds`` per AU (``predict`` writes the
+    model's) where they cover every AU of the CSV, as an array in ``au_names`` order, else its
+    one ``threshold``; :obj:`None` where it has neither."""
+    per_au = record.get("thresholds")
+    if isinstance(per_au, dict) and all(_is_probability(per_au.get(n)) for n in au_names):
+        values = np.array([float(per_au[n]) for n in au_names])
+        return float(values[0]) if len(set(values.tolist())) == 1 else values
     value = record.get("threshold")
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1:
-        return float(value)
-    return None
+    return float(value) if _is_probability(value) else None
+
+
+def _per_au(threshold: Threshold, count: int) -> Tuple[np.ndarray, Optional[float]]:
+    """``threshold`` as one value per AU, and as the one value for all (:obj:`None` if the AUs'
+    differ)."""
+    if isinstance(threshold, np.ndarray):
+        if threshold.shape != (count,):
+            raise ValueError(f"threshold: expected {count} values, one per AU, got "
+                             f"{threshold.shape}")
+        return threshold, None
+    return np.full(count, float(threshold)), float(threshold)
 
 
 def _sidecar_fps(record: dict, name: str) -> Optional[float]:
@@ -642,7 +676,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"warning: {warning}", file=sys.stderr, flush=True)
     threshold = args.threshold
     if threshold is None:
-        threshold = _sidecar_threshold(record)
+        threshold = _sidecar_threshold(record, au_names)
     if threshold is None:
         threshold = 0.5
     videos = record.get("videos") if isinstance(record.get("videos"), dict) else {}

@@ -333,3 +333,45 @@ def test_command_line_status_and_message(tmp_path):
     assert done.returncode == 2
     assert done.stderr.splitlines() == [
         f"pyg_mefl plot: error: {bad}: line 2: AU26 is 'abc', not a probability in [0, 1]"]
+
+
+def test_per_au_thresholds_of_the_sidecar_decide_each_au(tmp_path, monkeypatch):
+    """A model with thresholds of its own per AU (a fine-tuned model directory; ``predict``
+    writes them into the sidecar): a photo's bars and a video's outlines follow each AU's
+    threshold, and ``--threshold`` still sets one for all."""
+    thresholds = dict(zip(AUS_8, [0.7, 0.5, 0.5, 0.65, 0.5, 0.5, 0.5, 0.55]))
+    probs = [0.6] * 8
+    expected = [p >= thresholds[au] for p, au in zip(probs, AUS_8)]
+    sidecar = {"threshold": None, "thresholds": thresholds}
+    figures, outlines = [], []
+    original_photo, original_outline = plot.photo_figure, plot._outline
+    monkeypatch.setattr(plot, "photo_figure", lambda *a: figures.append(original_photo(*a))
+                        or figures[-1])
+    monkeypatch.setattr(plot, "_outline", lambda ax, edges, mask: outlines.append(mask)
+                        or original_outline(ax, edges, mask))
+    photo = write_csv(tmp_path / "photo.csv", AUS_8, [face("a.jpg", 0, 0.0, 0, probs)],
+                      sidecar=sidecar)
+    assert run_plot(photo, "--out", tmp_path / "a") == 0
+    ax, = panels(figures[-1])
+    orange = [tuple(bar.get_facecolor()[:3]) == pytest.approx((1.0, 0.498, 0.055), abs=1e-3)
+              for bar in ax.patches]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert dict(zip(names, orange)) == dict(zip(AUS_8, expected))
+    assert "own threshold" in figures[-1]._suptitle.get_text()
+
+    video = write_csv(tmp_path / "video.csv", AUS_8, video_rows(
+        "talk.mov", AUS_8, 12, 1, value=lambda f, n, k: probs[k]), sidecar=sidecar)
+    assert run_plot(video, "--out", tmp_path / "b") == 0
+    assert outlines and outlines[-1].shape[0] == 8
+    assert outlines[-1].all(axis=1).tolist() == expected
+    assert run_plot(video, "--out", tmp_path / "c", "--threshold", "0.62") == 0
+    assert outlines[-1].all(axis=1).tolist() == [p >= 0.62 for p in probs]
+
+
+def test_sidecar_thresholds_that_miss_an_au_fall_back_to_the_common_one():
+    aus = ["AU1", "AU2"]
+    assert plot._sidecar_threshold({"thresholds": {"AU1": 0.3}, "threshold": 0.4}, aus) == 0.4
+    assert plot._sidecar_threshold({"thresholds": {"AU1": 0.3, "AU2": 0.3}}, aus) == 0.3
+    both = plot._sidecar_threshold({"thresholds": {"AU1": 0.3, "AU2": 0.6}}, aus)
+    assert both.tolist() == [0.3, 0.6]
+    assert plot._sidecar_threshold({"thresholds": {"AU1": 2, "AU2": 0.6}}, aus) is None
