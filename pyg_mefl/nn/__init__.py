@@ -9,9 +9,9 @@ from .gem import GraphEdgeModel
 from .gnn import GatedGNN, GatedGNNLayer
 from .mefl import MEFL, MEFLOutput
 from .norm import SlotBatchNorm
-from .fused.ops import gather_matmul
+from .fused.ops import gather_matmul as gather_matmul  # a kernel; kept for earlier imports
 from .sync_norm import SyncedBatchNorm
 
 __all__ = ["ANFL", "ANFLLayer", "AUFeatureBlocks", "CrossAttention", "GatedGNN", "GatedGNNLayer",
            "GraphEdgeModel", "LinearBlock", "MEFL", "MEFLOutput", "SlotBatchNorm",
-           "SyncedBatchNorm", "au_knn_graph", "gather_matmul"]
+           "SyncedBatchNorm", "au_knn_graph"]
