@@ -24,6 +24,16 @@ direction :math:`\mathbf{u}_a` spread over the tokens by the gains :math:`g_{a,d
 - ``mixed_scales``: channels on scales from 0.1 to 10 (un-normalised backbone features), mixed
   local and global AUs, offsets.
 
+Three families where the AU is told by *which* token moves, not how, against MEFL's mean over
+tokens (added after the defaults were chosen, to check them):
+
+- ``position_only``: one direction shared by the 12 AUs, each on its own token, and tokens
+  whose appearances are nearly alike, so nothing but the token's index tells the AUs apart.
+- ``signed_spread``: each AU moves 8 tokens along its direction, 4 forwards and 4 backwards,
+  so its evidence cancels in the face mean; faint appearances.
+- ``many_tokens``: 49 tokens (a 7 x 7 grid) and a third of the faces, rare AUs (5 % to 25 %),
+  4 directions shared by the 12 AUs, each on one token.
+
     python benchmarks/training_suite/families.py --out benchmarks/training_suite/data
 """
 import argparse
@@ -62,12 +72,12 @@ def _cooccurring_labels(rates: Tensor, num_faces: int, generator: torch.Generato
 
 
 def _faces(labels: Tensor, gains: Tensor, directions: Tensor, strength: Tensor, offset: float,
-           noise: float, generator: torch.Generator) -> Tensor:
+           noise: float, generator: torch.Generator, region_scale: float = 1.0) -> Tensor:
     """The tokens of the module docstring's equation; ``gains`` ``[N, D]``, ``directions``
-    ``[N, C]``, ``strength`` ``[N]``."""
+    ``[N, C]``, ``strength`` ``[N]``; the appearances have scale ``region_scale``."""
     num_faces = labels.size(0)
     num_tokens, channels = gains.size(1), directions.size(1)
-    regions = torch.randn(num_tokens, channels, generator=generator)
+    regions = region_scale * torch.randn(num_tokens, channels, generator=generator)
     offsets = offset * torch.randn(num_faces, 1, channels, generator=generator)
     weights = labels.float() * strength  # [M, N]
     evidence = torch.einsum("fa,ad,ac->fdc", weights, gains, directions)
@@ -144,9 +154,45 @@ def mixed_scales(generator: torch.Generator, num_faces: int = NUM_FACES) -> Dict
     return {"tokens": tokens * scales + shift, "labels": labels}
 
 
+def position_only(generator: torch.Generator, num_faces: int = NUM_FACES) -> Dict[str, Tensor]:
+    rates = torch.empty(NUM_AUS).uniform_(0.15, 0.4, generator=generator)
+    labels = _independent_labels(rates, num_faces, generator)
+    gains = torch.zeros(NUM_AUS, NUM_TOKENS)
+    gains[torch.arange(NUM_AUS), torch.randperm(NUM_TOKENS, generator=generator)[:NUM_AUS]] = 1.0
+    directions = _unit(1, CHANNELS, generator).expand(NUM_AUS, -1)
+    tokens = _faces(labels, gains, directions, torch.full((NUM_AUS,), 1.0), offset=0.3,
+                    noise=0.5, generator=generator, region_scale=0.05)
+    return {"tokens": tokens, "labels": labels}
+
+
+def signed_spread(generator: torch.Generator, num_faces: int = NUM_FACES) -> Dict[str, Tensor]:
+    rates = torch.empty(NUM_AUS).uniform_(0.1, 0.35, generator=generator)
+    labels = _independent_labels(rates, num_faces, generator)
+    gains = torch.zeros(NUM_AUS, NUM_TOKENS)
+    for au in range(NUM_AUS):
+        moved = torch.randperm(NUM_TOKENS, generator=generator)[:8]
+        gains[au, moved[:4]], gains[au, moved[4:]] = 1.0, -1.0
+    tokens = _faces(labels, gains, _unit(NUM_AUS, CHANNELS, generator),
+                    torch.full((NUM_AUS,), 0.4), offset=0.5, noise=0.6, generator=generator,
+                    region_scale=0.3)
+    return {"tokens": tokens, "labels": _hide(labels, 0.02, generator)}
+
+
+def many_tokens(generator: torch.Generator, num_faces: int = NUM_FACES) -> Dict[str, Tensor]:
+    num_faces, num_tokens = num_faces // 3, 49
+    rates = torch.empty(NUM_AUS).uniform_(0.05, 0.25, generator=generator)
+    labels = _independent_labels(rates, num_faces, generator)
+    gains = _local_gains(NUM_AUS, num_tokens, 1, generator)
+    directions = _unit(4, CHANNELS, generator)[torch.arange(NUM_AUS) % 4]
+    tokens = _faces(labels, gains, directions, torch.full((NUM_AUS,), 1.5), offset=0.5,
+                    noise=0.5, generator=generator, region_scale=0.5)
+    return {"tokens": tokens, "labels": labels}
+
+
 FAMILIES: Dict[str, Callable[..., Dict[str, Tensor]]] = {
     "face_offsets": face_offsets, "shared_directions": shared_directions,
-    "global_evidence": global_evidence, "rare_noisy": rare_noisy, "mixed_scales": mixed_scales}
+    "global_evidence": global_evidence, "rare_noisy": rare_noisy, "mixed_scales": mixed_scales,
+    "position_only": position_only, "signed_spread": signed_spread, "many_tokens": many_tokens}
 
 
 def make_family(name: str, seed: int = 0, num_faces: int = NUM_FACES) -> Dict[str, object]:
@@ -155,7 +201,7 @@ def make_family(name: str, seed: int = 0, num_faces: int = NUM_FACES) -> Dict[st
         raise KeyError(f"family: expected one of {sorted(FAMILIES)}, got {name!r}")
     generator = torch.Generator().manual_seed(seed)
     content = FAMILIES[name](generator, num_faces)
-    content["split"] = _split(num_faces, generator)
+    content["split"] = _split(content["tokens"].size(0), generator)
     content["au_names"] = [f"AU{k}" for k in (1, 2, 4, 6, 7, 10, 12, 14, 15, 17, 23, 24)]
     return content
 

@@ -8,8 +8,10 @@ from torch_geometric.data import Data
 from ..transforms import TokenNorm
 from .baselines import token_mlp_probe
 
-# What "auto" chooses from: with and without removing each face's mean token.
-AUTO_CANDIDATES = ("channels", "center+channels")
+# What "auto" chooses from: with and without removing each face's mean token, each with and
+# without appending the token's index (position).
+AUTO_CANDIDATES = ("channels", "center+channels", "channels+position",
+                   "center+channels+position")
 
 
 def choose_token_norm(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Tensor,
@@ -22,8 +24,12 @@ def choose_token_norm(train_x: Tensor, train_y: Tensor, val_x: Tensor, val_y: Te
 
     Centring each face removes what its tokens share: a nuisance (identity, lighting) when the
     AU evidence is local, the evidence itself when an AU moves the whole face. Which one holds
-    is a property of the data, so it is measured, on at most ``max_faces`` training faces
-    (seeded) and the validation split; ties go to the earlier candidate.
+    is a property of the data, so it is measured. Appending each token's index (``position``)
+    lets the map tell the tokens apart, which matters where an AU is told by *which* token moves
+    rather than how (tokens that look alike, one direction shared by several AUs); the
+    stand-in has the same blind spot, so it shows where the index helps. The candidates are
+    scored on at most ``max_faces`` training faces (seeded) and the validation split; ties go
+    to the earlier candidate.
 
     Shapes:
         - **input:** ``train_x`` :math:`(M, D, C)`, ``train_y`` :math:`(M, A)`, ``val_x``

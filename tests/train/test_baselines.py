@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from pyg_mefl.train import AUMetrics, ridge_probe, token_mlp_probe
-from pyg_mefl.train.token_norm_choice import choose_token_norm
+from pyg_mefl.train.token_norm_choice import AUTO_CANDIDATES, choose_token_norm
 
 
 def _f1(scores, target, thresholds=0.5):
@@ -71,5 +71,23 @@ def test_baselines_beat_constant_answers_on_local_evidence():
 def test_auto_token_norm_centres_only_where_the_evidence_is_local(local, expected):
     (train_x, train_y), (val_x, val_y), _ = _splits(*_faces(300, local=local, seed=2))
     name, scores = choose_token_norm(train_x, train_y, val_x, val_y)
-    assert name == expected, scores
-    assert set(scores) == {"channels", "center+channels"}
+    assert name.removesuffix("+position") == expected, scores
+    assert set(scores) == set(AUTO_CANDIDATES)
+
+
+def test_auto_token_norm_adds_the_position_where_only_the_token_tells_the_aus_apart():
+    # one direction for every AU, each AU on its own token, tokens without appearances: a
+    # token-wise map pooled over the tokens sees the same face for every AU unless each token
+    # carries its index
+    generator = torch.Generator().manual_seed(3)
+    num_faces, num_tokens, num_aus = 400, 6, 3
+    labels = (torch.rand(num_faces, num_aus, generator=generator) < 0.3).long()
+    direction = F.normalize(torch.randn(8, generator=generator), dim=0)
+    evidence = torch.zeros(num_faces, num_tokens, 8)
+    evidence[:, :num_aus] = 2.0 * labels.float()[:, :, None] * direction
+    tokens = evidence + 0.3 * torch.randn(num_faces, num_tokens, 8, generator=generator)
+    (train_x, train_y), (val_x, val_y), _ = _splits(tokens, labels)
+    name, scores = choose_token_norm(train_x, train_y, val_x, val_y)
+    assert name.endswith("+position"), scores
+    without = max(score for key, score in scores.items() if not key.endswith("+position"))
+    assert scores[name] > without + 20, scores
