@@ -14,10 +14,8 @@ from pathlib import Path
 
 import torch
 
-from pyg_mefl.testing.published_models import (ReferenceModel, random_backbone_state,
-                                               reference_head, whole_model_state)
-
 from .measure import alternate, medians
+from .video import model_weights
 
 __all__ = ["add_arguments", "render", "run"]
 
@@ -30,11 +28,8 @@ def add_arguments(parser) -> None:
 
 def _model():
     from pyg_mefl import FaceAUModel
-    head = reference_head(2, "mexca", 512, 27, 14, 1)
-    trunk = random_backbone_state("resnet50", 1)
-    reference = ReferenceModel("resnet50", trunk, head, 512, 1)
-    return FaceAUModel.from_pretrained(
-        whole_model_state(trunk, reference.global_linear, head, 2, "mexca")).eval()
+    _, state = model_weights()  # the video benchmark's mexca ResNet-50 model
+    return FaceAUModel.from_pretrained(state).eval()
 
 
 def run(args, log) -> dict:
