@@ -23,6 +23,7 @@ from ..nn.blocks import LinearBlock
 from ..nn.mefl import MEFL
 from ..pretrained.files import HUB_CONFIG
 from ..pretrained.layouts import check_source
+from ..utils.files import write_atomically
 from ..utils.version import __version__
 from .backbones import ImageTokens, ResNetTokens, SmallCNN, SwinTokens, build_trunk
 from .preprocessing import published_preprocessing, published_transform
@@ -150,19 +151,6 @@ def save_model_directory(model, directory, thresholds=None,
     write_atomically(directory / HUB_CONFIG, lambda path: Path(path).write_text(
         json.dumps(config, indent=2) + "\n"))
     return directory
-
-
-def write_atomically(target: Path, write) -> None:
-    """``write(temporary path)`` beside ``target``, then the file moved onto ``target``: a
-    failed write leaves neither a half-written ``target`` nor the temporary file."""
-    temporary = str(target.with_name(f".{target.name}.{os.getpid()}.partial"))
-    try:
-        write(temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
 
 
 def push_model_to_hub(model, repo_id: str, *, thresholds=None,

@@ -12,7 +12,8 @@ from torch import Tensor
 from torch.nn import Module
 
 from ..utils.version import __version__
-from .model_dir import check_thresholds, write_atomically
+from ..utils.files import write_atomically
+from .model_dir import check_thresholds
 from .preprocessing import IMAGE_SIZE, published_preprocessing
 
 INPUT_NAME, OUTPUT_NAME = "images", "probs"

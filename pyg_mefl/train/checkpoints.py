@@ -6,6 +6,8 @@ from typing import Optional
 import numpy
 import torch
 
+from ..utils.files import write_atomically
+
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 # What a training checkpoint holds (checked on --resume).
@@ -13,16 +15,9 @@ CHECKPOINT_ENTRIES = ("model", "optimizer", "epoch", "rng", "best_val_f1", "hist
 
 
 def save_checkpoint(state: dict, path: str) -> None:
-    """``torch.save`` to ``path`` atomically: to a temporary file in the same folder, then
-    :func:`os.replace`, so that an interrupted run never leaves a truncated checkpoint."""
-    temporary = f"{path}.{os.getpid()}.tmp"
-    try:
-        torch.save(state, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    """``torch.save`` to ``path`` atomically (:func:`~pyg_mefl.utils.files.write_atomically`), so
+    that an interrupted run never leaves a truncated checkpoint."""
+    write_atomically(path, lambda temporary: torch.save(state, temporary))
 
 
 def rng_state(generator: Optional[torch.Generator] = None) -> dict:

@@ -35,7 +35,7 @@ from torch_geometric.loader import DataLoader
 
 from ..data.datasets import SPLITS, ImageListFaceDataset
 from ..data.label_csv import au_column_name, read_label_csv
-from ..models.model_dir import write_atomically
+from ..utils.files import write_atomically
 from ..nn.anfl import ANFL
 from ..nn.mefl import MEFL
 from .checkpoints import BEST, CHECKPOINT

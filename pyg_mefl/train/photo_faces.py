@@ -21,7 +21,7 @@ from typing import List, Optional, Sequence
 
 from ..faces.crops import square_face_crop
 from ..faces.detector import MEXCA_DETECTOR, FaceDetector, frame_tensor
-from ..models.model_dir import write_atomically
+from ..utils.files import write_atomically
 
 CROP_STYLES = ("square", "mexca")
 _CACHE_VERSION = 1
