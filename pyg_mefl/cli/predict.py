@@ -23,6 +23,7 @@ from tqdm import tqdm
 from ..faces import DEFAULT_MARGIN, LANDMARK_NAMES, MEXCA_DETECTOR, FaceAUPipeline, FaceDetector
 from ..faces.pipeline import FaceRow, ahead, read_source
 from ..io.media import Frame, InputError, Source, collect_sources, estimate_video_frames, video_info
+from ..models.model_dir import check_thresholds
 from ..pretrained.layouts import SOURCES
 from ..io.video_writer import VideoWriter
 from . import split
@@ -353,7 +354,7 @@ def run_record(args: argparse.Namespace, pipeline: FaceAUPipeline,
     """What the sidecar ``<out>.json`` records: the model, the face settings, each video's
     frame rate and the package versions."""
     model = pipeline.model
-    thresholds = model.thresholds or [0.5] * len(model.au_names)
+    thresholds = check_thresholds(model.thresholds, model.au_names)  # 0.5 without its own
     threshold = thresholds[0] if len(set(thresholds)) == 1 else None  # one for all AUs, if so
     return {
         "checkpoint": args.checkpoint, "source": model.source, "stage": model.stage,

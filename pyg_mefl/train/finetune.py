@@ -35,6 +35,7 @@ from torch_geometric.loader import DataLoader
 
 from ..data.datasets import SPLITS, ImageListFaceDataset
 from ..data.label_csv import au_column_name, read_label_csv
+from ..models.model_dir import check_thresholds
 from ..utils.files import write_atomically
 from ..nn.anfl import ANFL
 from ..nn.mefl import MEFL
@@ -211,14 +212,15 @@ def finetune(model, dataset: LabelledPhotoDataset, out: str, settings: FinetuneS
                                                   settings.batch_size)["test"]
     labelled = [name for name, column in zip(model.au_names, dataset.labels.T)
                 if bool((column >= 0).any())]
+    own = check_thresholds(model.thresholds, model.au_names)  # 0.5 each without any
     metrics = {
         "recipe": settings.recipe,
         "test": _metrics(test_scores, test_labels, thresholds, model.au_names, labelled),
         "thresholds": {name: float(t) for name, t in zip(model.au_names, thresholds)
                        if name in labelled},
         "start_model": {
-            "at_its_thresholds": _metrics(*start["test"], _thresholds(model_thresholds(model)),
-                                          model.au_names, labelled)["mean_f1"],
+            "at_its_thresholds": _metrics(*start["test"], _thresholds(own), model.au_names,
+                                          labelled)["mean_f1"],
             "at_thresholds_calibrated_on_val": _metrics(*start["test"], start_thresholds,
                                                         model.au_names, labelled)["mean_f1"]},
         "baseline_all_present_f1": _metrics(torch.ones_like(test_scores), test_labels, 0.5,
@@ -231,7 +233,7 @@ def finetune(model, dataset: LabelledPhotoDataset, out: str, settings: FinetuneS
     }
     metrics["seconds"] = time.perf_counter() - began
     final = [float(t) if name in labelled else float(old) for name, t, old in
-             zip(model.au_names, thresholds, model_thresholds(model))]
+             zip(model.au_names, thresholds, own)]
     _replace_model_directory(model, Path(out) / MODEL_DIR, final, metrics)
     write_atomically(Path(out) / METRICS, lambda path: Path(path).write_text(
         json.dumps(metrics, indent=2, allow_nan=False) + "\n"))
@@ -241,12 +243,6 @@ def finetune(model, dataset: LabelledPhotoDataset, out: str, settings: FinetuneS
         f"{metrics['baseline_all_present_f1']:.2f}  |  {metrics['seconds']:.0f} s, model in "
         f"{Path(out) / MODEL_DIR}")
     return metrics
-
-
-def model_thresholds(model) -> List[float]:
-    """The model's per-AU thresholds (0.5 each for a published model without any)."""
-    return list(model.thresholds) if model.thresholds is not None else \
-        [0.5] * len(model.au_names)
 
 
 def _seed(seed: int) -> None:
