@@ -24,7 +24,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -34,7 +34,7 @@ from torch import Tensor
 from torch_geometric.loader import DataLoader
 
 from ..data.datasets import SPLITS, ImageListFaceDataset
-from ..data.label_csv import au_column_name, read_label_csv
+from ..data.label_csv import LabelTable, au_column_name, check_label_splits, read_label_csv
 from ..models.model_dir import check_thresholds
 from ..utils.files import write_atomically
 from ..nn.anfl import ANFL
@@ -134,13 +134,15 @@ def labelled_photos(model, labels_csv: Optional[str] = None,
         raise ValueError("give labels_csv or image_list (one of them)")
     if labels_csv is not None:
         table = read_label_csv(labels_csv, model.au_names, seed=seed)
-        images = table.paths
-        if crop_cache is not None:
-            images = crop_cache.crops(table.paths, [f"{table.source}, line {line}"
-                                                    for line in table.lines])
         record = {"labels": os.path.abspath(labels_csv), "au_columns": table.columns,
                   "face_crops": None if crop_cache is None else crop_cache.face_crop}
-        return photo_dataset(model, images, table.labels, table.split, table.source), record
+        if crop_cache is not None:
+            crops = crop_cache.crops(table.paths, [f"{table.source}, line {line}"
+                                                   for line in table.lines])
+            table = _with_faces_only(table, crops)
+            record["photos_without_a_face"] = len(crops) - len(table.paths)
+        return photo_dataset(model, table.paths, table.labels, table.split,
+                             table.source), record
     root, name, fold = image_list
     listed = ImageListFaceDataset(root, name, fold, seed=seed)
     columns = {}
@@ -157,6 +159,19 @@ def labelled_photos(model, labels_csv: Optional[str] = None,
     record = {"image_list": {"root": os.path.abspath(root), "dataset": name, "fold": fold},
               "au_columns": {au: column for column, au in columns.items()}, "face_crops": None}
     return photo_dataset(model, listed.paths, labels, listed.split, root), record
+
+
+def _with_faces_only(table: LabelTable, crops: List[Optional[str]]) -> LabelTable:
+    """The rows of ``table`` whose photo has a face crop, each naming its crop; every split
+    must still hold a photo (:func:`~pyg_mefl.data.label_csv.check_label_splits`)."""
+    found = torch.tensor([crop is not None for crop in crops], dtype=torch.bool)
+    if not found.any():
+        raise ValueError(f"{table.source}: no face found in any of its {len(crops)} photos")
+    kept = replace(table, paths=[crop for crop in crops if crop is not None],
+                   labels=table.labels[found], split=table.split[found],
+                   lines=[line for line, face in zip(table.lines, found.tolist()) if face])
+    check_label_splits(kept)
+    return kept
 
 
 def check_init_model(model, where: str) -> None:

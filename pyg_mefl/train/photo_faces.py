@@ -5,8 +5,9 @@ source frames faces (``face_crop`` of
 :func:`~pyg_mefl.models.preprocessing.published_preprocessing`): ``"square"``, a square around
 the box (:func:`~pyg_mefl.faces.square_face_crop`), or ``"mexca"``, the box itself with its
 corners truncated to whole pixels as mexca cuts it (the model's transform then resizes it). A
-photo with several faces gives its largest; a photo without a face is taken whole, as a face
-crop already. Both are warned about, naming the photo.
+photo with several faces gives its largest; a photo in which the detector finds no face has no
+crop (its labels describe a face the model would not be shown), and the caller leaves it out.
+Both are warned about, naming the photo.
 
 The crops are PNG files named by the SHA-256 of the photo's bytes and of the settings (detector,
 crop, margin), beside a small JSON record of what the detector found, each written atomically:
@@ -56,28 +57,28 @@ class FaceCropCache:
             self._detector = FaceDetector()
         return self._detector
 
-    def crops(self, photos: Sequence[str], where: Optional[Sequence[str]] = None) -> List[str]:
-        """The paths of the face crops of ``photos``, cutting those not cached yet; ``where``
-        (e.g. ``"labels.csv, line 4"``) names each photo in the warnings."""
+    def crops(self, photos: Sequence[str],
+              where: Optional[Sequence[str]] = None) -> List[Optional[str]]:
+        """The paths of the face crops of ``photos`` (:obj:`None` for a photo without a face),
+        cutting those not cached yet; ``where`` (e.g. ``"labels.csv, line 4"``) names each
+        photo in the warnings."""
         where = where or [""] * len(photos)
         return [self.crop(photo, place) for photo, place in zip(photos, where)]
 
-    def crop(self, photo: str, where: str) -> str:
-        """The path of the face crop of ``photo`` (see :meth:`crops`; ``where`` may be
-        empty)."""
+    def crop(self, photo: str, where: str) -> Optional[str]:
+        """The path of the face crop of ``photo``, :obj:`None` without a face (see
+        :meth:`crops`; ``where`` may be empty)."""
         key = self._key(photo)
         crop_path, record_path = self.folder / f"{key}.png", self.folder / f"{key}.json"
-        if crop_path.is_file() and record_path.is_file():
-            record = json.loads(record_path.read_text())
-        else:
+        record = json.loads(record_path.read_text()) if record_path.is_file() else None
+        if record is None or (record["faces"] > 0 and not crop_path.is_file()):
             record = self._cut(photo, crop_path)
             write_atomically(record_path, lambda path: Path(path).write_text(json.dumps(record)))
         if record["faces"] != 1:
-            what = ("no face found: the whole photo is taken as the face crop" if
-                    record["faces"] == 0 else
+            what = ("no face found: the photo is left out" if record["faces"] == 0 else
                     f"{record['faces']} faces found: the largest is taken")
             warnings.warn(f"{where + ': ' if where else ''}{photo}: {what}", stacklevel=3)
-        return str(crop_path)
+        return str(crop_path) if record["faces"] else None
 
     def _key(self, photo: str) -> str:
         digest = hashlib.sha256()
@@ -93,17 +94,16 @@ class FaceCropCache:
         with Image.open(photo) as image:
             image = image.convert("RGB")
         found = self.detector.detect(frame_tensor(image))[0]
-        if len(found) == 0:
-            crop, box = image, None
-        else:
-            box = found.boxes[0].tolist()  # MTCNN's select_largest order: the largest first
-            if self.face_crop == "square":
-                crop = square_face_crop(image, box, self.margin)
-            else:
-                x1, y1, x2, y2 = box
-                crop = image.crop((int(max(x1, 0)), int(max(y1, 0)),
-                                   int(min(x2, image.width)), int(min(y2, image.height))))
         self.folder.mkdir(parents=True, exist_ok=True)
+        if len(found) == 0:
+            return {"faces": 0, "box": None}
+        box = found.boxes[0].tolist()  # MTCNN's select_largest order: the largest first
+        if self.face_crop == "square":
+            crop = square_face_crop(image, box, self.margin)
+        else:
+            x1, y1, x2, y2 = box
+            crop = image.crop((int(max(x1, 0)), int(max(y1, 0)),
+                               int(min(x2, image.width)), int(min(y2, image.height))))
         write_atomically(crop_path, lambda path: crop.save(path, format="PNG"))
         return {"faces": len(found), "box": box}
 

@@ -189,12 +189,59 @@ def test_photos_are_detected_once_and_several_or_no_faces_warned_about(tmp_path)
         messages = [str(w.message) for w in caught]
         assert any("line 2" in m and "5 faces found: the largest is taken" in m
                    for m in messages), messages
-        assert any("line 3" in m and "no face found: the whole photo" in m for m in messages)
+        assert any("line 3" in m and "no face found: the photo is left out" in m
+                   for m in messages)
     assert detector.calls == 2  # the second pass read the cache
     with Image.open(crops[0]) as crop, Image.open(photos[0]) as photo:
         assert crop.width == crop.height < photo.width / 4  # one face's square
-    with Image.open(crops[1]) as crop, Image.open(photos[1]) as photo:
-        assert crop.size == photo.size
+    assert crops[1] is None
+
+
+class FacelessPhotos:
+    """A stand-in detector: no face in the given photos, one filling the frame in the others."""
+
+    def __init__(self, faceless):
+        from pyg_mefl.faces.detector import frame_tensor
+        from PIL import Image
+        self.faceless = [frame_tensor(Image.open(path).convert("RGB")) for path in faceless]
+
+    def settings(self):
+        return {"stand-in": len(self.faceless)}
+
+    def detect(self, frames):
+        from pyg_mefl.faces.detector import FrameFaces
+        found = []
+        for frame in frames.view(-1, *frames.shape[-3:]):  # [H, W, 3] frames
+            none = any(frame.shape == other.shape and torch.equal(frame, other)
+                       for other in self.faceless)
+            height, width = frame.shape[:2]
+            box = torch.zeros(0, 4) if none else torch.tensor([[0.0, 0.0, width, height]])
+            found.append(FrameFaces(box, torch.ones(len(box)), torch.zeros(len(box), 5, 2)))
+        return found
+
+
+def test_photos_without_a_face_are_left_out_and_named(init_model, photos, tmp_path):
+    from pyg_mefl.train.finetune import labelled_photos
+    from pyg_mefl.train.photo_faces import FaceCropCache
+    model = FaceAUModel.from_pretrained(str(init_model))
+    faceless = {3: "train", 7: "val", 12: "val"}  # photo number: its split
+    cache = FaceCropCache(tmp_path / "cache", detector=FacelessPhotos(
+        [photos / f"p{number}.png" for number in faceless]))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        dataset, record = labelled_photos(model, str(photos / "labels.csv"), crop_cache=cache)
+    messages = [str(w.message) for w in caught if "no face found" in str(w.message)]
+    assert len(dataset) == 30 - 3 and record["photos_without_a_face"] == 3
+    for number in faceless:  # photo p<n> is on line n + 2
+        assert any(f"line {number + 2}:" in m and "left out" in m for m in messages), messages
+    assert len(dataset.subset("val")) == 6 - 2 and len(dataset.subset("train")) == 18 - 1
+
+    all_val = FaceCropCache(tmp_path / "cache2", detector=FacelessPhotos(
+        [photos / f"p{number}.png" for number in range(2, 30, 5)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ValueError, match="no photo in the 'val' split"):
+            labelled_photos(model, str(photos / "labels.csv"), crop_cache=all_val)
 
 
 # --- runs ------------------------------------------------------------------------------------
