@@ -102,7 +102,9 @@ def parse_args(argv=None):
     parser.add_argument("--num-faces", type=int, default=2000, help="synthetic faces")
     parser.add_argument("--epochs", type=int, default=None,
                         help=f"most epochs (early stopping may end sooner; default "
-                        f"{DEFAULT_EPOCHS}, with --init {FinetuneSettings.epochs} per stage)")
+                        f"{DEFAULT_EPOCHS}, or enough for {MIN_STEPS} steps on a small training "
+                        f"split, at most {MAX_EPOCHS}; with --init {FinetuneSettings.epochs} per "
+                        f"stage)")
     parser.add_argument("--batch-size", type=int, default=None,
                         help=f"default 32, with --init {FinetuneSettings.batch_size}")
     parser.add_argument("--lr", type=float, default=None,
@@ -140,6 +142,9 @@ def parse_args(argv=None):
 
 # The recipe chosen on benchmarks/training_suite (see its README): every family, not the demo.
 DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_WARMUP_EPOCHS = 10, 1e-2, 1.0
+# Without --epochs a small training split trains for more epochs: at least MIN_STEPS optimizer
+# steps (10 epochs of the suite's 2800 faces are 880), at most MAX_EPOCHS epochs.
+MIN_STEPS, MAX_EPOCHS = 800, 100
 PATIENCE_FRACTION, MIN_PATIENCE = 0.3, 3
 DEFAULT_TOKEN_NORM = "auto"
 
@@ -183,6 +188,13 @@ def build_token_norm(args, train, val, backbone):
                   flush=True)
     token_norm = TokenNorm(name)
     return token_norm.fit([Data(tokens=train_tokens)]) if token_norm.needs_fit else token_norm
+
+
+def default_epochs(train_faces, batch_size):
+    """Epochs without ``--epochs``: :data:`DEFAULT_EPOCHS`, or as many as make
+    :data:`MIN_STEPS` optimizer steps on a small training split (at most :data:`MAX_EPOCHS`)."""
+    steps_per_epoch = math.ceil(train_faces / batch_size)
+    return min(MAX_EPOCHS, max(DEFAULT_EPOCHS, math.ceil(MIN_STEPS / steps_per_epoch)))
 
 
 def patience(args):
@@ -272,7 +284,6 @@ def main(argv=None):
     args = parse_args(argv)
     if args.init or args.labels:
         return run_finetune(args)
-    args.epochs = DEFAULT_EPOCHS if args.epochs is None else args.epochs
     args.batch_size = 32 if args.batch_size is None else args.batch_size
     args.lr = DEFAULT_LR if args.lr is None else args.lr
     args.lam = 0.05 if args.lam is None else args.lam
@@ -286,6 +297,8 @@ def main(argv=None):
     raw = [dataset.subset(split) for split in ("train", "val", "test")]
     token_norm = build_token_norm(args, raw[0], raw[1], backbone)
     train, val, test = (with_transform(part, token_norm) for part in raw)
+    if args.epochs is None:
+        args.epochs = default_epochs(len(train), args.batch_size)
     if main_process:
         print(f"data: {len(train)} train, {len(val)} val, {len(test)} test faces, "
               f"{dataset.num_aus} AUs" + (f", {world_size()} processes sharing each batch of "

@@ -14,6 +14,8 @@ TOKEN_NORM_STEPS = {"center": CenterTokens, "standardize": StandardizeTokens,
                     "channels": StandardizeChannels, "position": AddTokenPosition}
 # The checkpoint entry that holds a TokenNorm's state_dict.
 CHECKPOINT_KEY = "token_norm"
+# 2: the position code is scaled to sqrt(C) (1 before); states without a version are 1.
+STATE_VERSION = 2
 
 
 class TokenNorm(BaseTransform):
@@ -22,7 +24,8 @@ class TokenNorm(BaseTransform):
     - ``center``: :class:`CenterTokens` (subtract each face's mean token);
     - ``standardize``: :class:`StandardizeTokens` (centre, then divide by each face's RMS);
     - ``channels``: :class:`StandardizeChannels` (per-channel statistics of the training split);
-    - ``position``: :class:`AddTokenPosition` (append each token's one-hot index);
+    - ``position``: :class:`AddTokenPosition` (append each token's one-hot index, scaled to
+      the norm of a standardised token);
     - ``none``: no change.
 
     ``TokenNorm("center+channels")`` centres each face, then standardises the channels with
@@ -71,18 +74,27 @@ class TokenNorm(BaseTransform):
         return data
 
     def state_dict(self) -> Dict[str, object]:
-        """``{"name": str, "steps": {index: statistics}}`` for the fitted steps."""
-        return {"name": self.name,
+        """``{"name": str, "steps": {index: statistics}, "version": int}`` for the fitted
+        steps."""
+        return {"name": self.name, "version": STATE_VERSION,
                 "steps": {str(index): step.state_dict() for index, step in enumerate(self.steps)
                           if isinstance(step, StandardizeChannels)}}
 
     @classmethod
     def from_state_dict(cls, state: Dict[str, object]) -> "TokenNorm":
         """The transform that :meth:`state_dict` described."""
-        if not isinstance(state, dict) or set(state) != {"name", "steps"}:
-            raise KeyError(f"{CHECKPOINT_KEY}: expected the keys ['name', 'steps'], got "
-                           f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        if not isinstance(state, dict) or not {"name", "steps"} <= set(state) \
+                or not set(state) <= {"name", "steps", "version"}:
+            raise KeyError(f"{CHECKPOINT_KEY}: expected the keys ['name', 'steps', 'version'], "
+                           f"got {keys}")
         transform = cls(state["name"])
+        version = state.get("version", 1)
+        if version != STATE_VERSION and any(isinstance(step, AddTokenPosition)
+                                             for step in transform.steps):
+            raise KeyError(f"{CHECKPOINT_KEY}: {state['name']!r} was saved by an earlier "
+                           f"pyg_mefl (version {version} of the state), whose position code "
+                           f"had scale 1; train the model again to use it here")
         fitted = {str(index) for index, step in enumerate(transform.steps)
                   if isinstance(step, StandardizeChannels)}
         if set(state["steps"]) != fitted:

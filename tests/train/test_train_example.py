@@ -48,6 +48,17 @@ def _check_outputs(out, au_names, epochs):
     return metrics
 
 
+@pytest.mark.parametrize("train_faces, batch_size, epochs", [
+    (2800, 32, 10),   # 88 steps an epoch: 10 epochs are 880 >= 800 steps
+    (933, 32, 27),    # 30 steps an epoch: 27 epochs are the first >= 800 steps
+    (933, 8, 10),     # 117 steps an epoch
+    (40, 16, 100),    # 3 steps an epoch would need 267 epochs: capped
+])
+def test_small_training_splits_train_more_epochs_by_default(train_au, train_faces, batch_size,
+                                                            epochs):
+    assert train_au.default_epochs(train_faces, batch_size) == epochs
+
+
 @pytest.mark.slow
 def test_example_synthetic(train_au, tmp_path, capsys):
     train_au.main(["--num-faces", "40", "--epochs", "1", "--batch-size", "16",

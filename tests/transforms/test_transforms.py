@@ -37,9 +37,12 @@ def test_transforms_leave_the_input_unchanged_and_compose():
     out = Compose([CenterTokens(), AddTokenPosition()])(data)
     assert torch.equal(data.tokens, before)
     assert out.tokens.shape == (1, 7, 3 + 7)
-    torch.testing.assert_close(out.tokens[0, :, 3:], torch.eye(7))
+    torch.testing.assert_close(out.tokens[0, :, 3:], 3 ** 0.5 * torch.eye(7))  # sqrt(C)
     torch.testing.assert_close(out.tokens[0, :, :3], before[0] - before[0].mean(0))
     assert repr(CenterTokens()) == "CenterTokens()"
+    torch.testing.assert_close(AddTokenPosition(scale=1.0)(data).tokens[0, :, 3:], torch.eye(7))
+    with pytest.raises(ValueError, match="scale"):
+        AddTokenPosition(scale=0)
 
 
 def test_standardize_tokens_unit_rms_per_face_and_zero_face_stays_zero():
@@ -105,6 +108,12 @@ def test_token_norm_recipes_fit_in_order_and_round_trip_through_a_checkpoint(nam
         rebuilt = load_token_norm(source)
         assert repr(rebuilt) == f"TokenNorm({name!r})"
         assert torch.equal(rebuilt(Data(tokens=tokens)).tokens, out)
+    older = {key: value for key, value in token_norm.state_dict().items() if key != "version"}
+    if "position" in name:  # saved before the position code was scaled: refused, not misread
+        with pytest.raises(KeyError, match="earlier pyg_mefl"):
+            TokenNorm.from_state_dict(older)
+    else:
+        assert torch.equal(TokenNorm.from_state_dict(older)(Data(tokens=tokens)).tokens, out)
 
 
 def test_token_norm_names_and_checkpoints_without_one(tmp_path):
