@@ -125,7 +125,10 @@ def parse_args(argv=None):
                         help="token normalisation fitted on the training split: 'auto' (chosen "
                         f"on the training data from {list(AUTO_CANDIDATES)}), 'none', or steps "
                         f"from {sorted(TOKEN_NORM_STEPS)} joined with '+' (token features only)")
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help=f"AdamW's decoupled weight decay (default {DEFAULT_WEIGHT_DECAY} "
+                        f"on token features, chosen on the training suite; ME-GraphAU's "
+                        f"{IMAGE_WEIGHT_DECAY} with --data-root or --init)")
     parser.add_argument("--lam", type=float, default=None,
                         help="weight of the edge relation loss (0: no edge head; default 0.05, "
                         "with --init 0.05 for a model with an edge head, else 0)")
@@ -142,6 +145,8 @@ def parse_args(argv=None):
 
 # The recipe chosen on benchmarks/training_suite (see its README): every family, not the demo.
 DEFAULT_EPOCHS, DEFAULT_LR, DEFAULT_WARMUP_EPOCHS = 10, 1e-2, 1.0
+# AdamW's weight decay on token features; images (--data-root) keep ME-GraphAU's.
+DEFAULT_WEIGHT_DECAY, IMAGE_WEIGHT_DECAY = 0.1, 5e-4
 # Without --epochs a small training split trains for more epochs: at least MIN_STEPS optimizer
 # steps (10 epochs of the suite's 2800 faces are 880), at most MAX_EPOCHS epochs.
 MIN_STEPS, MAX_EPOCHS = 800, 100
@@ -299,6 +304,8 @@ def main(argv=None):
     train, val, test = (with_transform(part, token_norm) for part in raw)
     if args.epochs is None:
         args.epochs = default_epochs(len(train), args.batch_size)
+    if args.weight_decay is None:
+        args.weight_decay = DEFAULT_WEIGHT_DECAY if backbone is None else IMAGE_WEIGHT_DECAY
     if main_process:
         print(f"data: {len(train)} train, {len(val)} val, {len(test)} test faces, "
               f"{dataset.num_aus} AUs" + (f", {world_size()} processes sharing each batch of "
@@ -353,6 +360,7 @@ def main(argv=None):
         "history": history,
         "world_size": world_size(),
         "batch_size": args.batch_size,
+        "settings": {"epochs": args.epochs, "lr": args.lr, "weight_decay": args.weight_decay},
         "seconds": time.perf_counter() - began,
     }
     with open(os.path.join(args.out, "metrics.json"), "w") as f:

@@ -4,6 +4,7 @@ every run's figures in results.json (recipes are compared there before a default
     python -m benchmarks.training_suite.run_suite                       # default flags
     python -m benchmarks.training_suite.run_suite --recipe lr3e-3 -- --lr 3e-3
     python -m benchmarks.training_suite.run_suite --table               # README table
+    python -m benchmarks.training_suite.run_suite --data-seed 1         # fresh draws
 
 A recipe is a name and the train_au.py flags after ``--``; runs already in results.json are
 skipped (delete an entry to rerun it). Baselines (predict every AU present, a token-wise MLP
@@ -47,11 +48,17 @@ def _save(results):
     os.replace(temporary, RESULTS)
 
 
-def data_file(family, data_dir):
-    path = os.path.join(data_dir, f"{family}.pt")
+def entry(family, data_seed):
+    """The key of a family's figures in results.json: its name, with ``@seed<k>`` for another
+    draw of its data than seed 0's."""
+    return family if data_seed == 0 else f"{family}@seed{data_seed}"
+
+
+def data_file(family, data_dir, data_seed=0):
+    path = os.path.join(data_dir, f"{entry(family, data_seed)}.pt")
     if not os.path.exists(path):
         os.makedirs(data_dir, exist_ok=True)
-        torch.save(make_family(family), path)
+        torch.save(make_family(family, seed=data_seed), path)
     return path
 
 
@@ -74,7 +81,7 @@ def baselines(path):
 
 
 def train(family, path, recipe, flags, out_dir):
-    out = os.path.join(out_dir, recipe, family)
+    out = os.path.join(out_dir, recipe, family)  # family: its results.json entry
     command = [sys.executable, os.path.join(ROOT, "examples", "train_au.py"), "--features", path,
                "--seed", "0", "--out", out] + flags
     began = time.perf_counter()
@@ -92,13 +99,13 @@ def train(family, path, recipe, flags, out_dir):
             "seconds": time.perf_counter() - began}
 
 
-def table(results, recipe=DEFAULT):
+def table(results, recipe=DEFAULT, data_seed=0):
     lines = ["| family | train_au.py (default flags) | at 0.5 | token norm (auto) | "
              "predict all present | token-wise MLP | ridge probe | vs all present / ridge |",
              "|---|---|---|---|---|---|---|---|"]
     for family in FAMILIES:
-        run = results["runs"].get(recipe, {}).get(family)
-        base = results["baselines"].get(family)
+        run = results["runs"].get(recipe, {}).get(entry(family, data_seed))
+        base = results["baselines"].get(entry(family, data_seed))
         if run is None or base is None:
             continue
         lines.append(f"| {family} | **{run['mean_f1']:.1f}** | {run['mean_f1_at_0.5']:.1f} | "
@@ -118,6 +125,8 @@ def main(argv=None):
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel")
     parser.add_argument("--data", default=os.path.join(HERE, "data"))
+    parser.add_argument("--data-seed", type=int, default=0,
+                        help="another draw of every family (its entries: <family>@seed<k>)")
     parser.add_argument("--runs", default=os.path.join(HERE, "runs"))
     parser.add_argument("--table", action="store_true", help="print the README table only")
     parser.add_argument("--no-baselines", action="store_true",
@@ -125,13 +134,15 @@ def main(argv=None):
     args = parser.parse_args(argv)
     results = _load()
     if args.table:
-        print(table(results, args.recipe))
+        print(table(results, args.recipe, args.data_seed))
         return
-    paths = {family: data_file(family, args.data) for family in args.families}
-    jobs = [(args.recipe, family) for family in args.families
-            if family not in results["runs"].get(args.recipe, {})]
-    jobs += [("baselines", family) for family in args.families
-             if family not in results["baselines"] and not args.no_baselines]
+    names = [entry(family, args.data_seed) for family in args.families]
+    paths = {name: data_file(family, args.data, args.data_seed)
+             for family, name in zip(args.families, names)}
+    jobs = [(args.recipe, name) for name in names
+            if name not in results["runs"].get(args.recipe, {})]
+    jobs += [("baselines", name) for name in names
+             if name not in results["baselines"] and not args.no_baselines]
 
     def one(job):
         kind, family = job
@@ -152,7 +163,7 @@ def main(argv=None):
                     results["runs"].setdefault(kind, {})[family] = figures
                 _save(results)
             print(family, kind, figures, flush=True)
-    print(table(results, args.recipe))
+    print(table(results, args.recipe, args.data_seed))
 
 
 if __name__ == "__main__":
