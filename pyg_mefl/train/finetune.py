@@ -105,7 +105,7 @@ class FinetuneSettings:
             raise ValueError(f"patience: expected a positive int or None, got {self.patience}")
 
 
-DEFAULT_LR = 1e-4
+DEFAULT_LR = 1e-3
 
 
 def photo_dataset(model, images: List[str], labels: Tensor, split: Tensor,
@@ -424,9 +424,11 @@ def run_finetune(args) -> dict:
     settings = FinetuneSettings(
         recipe=args.recipe, backbone_lr_scale=args.backbone_lr_scale,
         freeze_backbone=args.freeze_backbone, augment=not args.no_augment, seed=args.seed,
-        lr=args.lr, lam=args.lam, weight_decay=args.weight_decay,
+        lr=args.lr, lam=args.lam,
         **{name: value for name, value in (("epochs", args.epochs),
-                                           ("batch_size", args.batch_size)) if value is not None})
+                                           ("batch_size", args.batch_size),
+                                           ("weight_decay", args.weight_decay))
+           if value is not None})
     if args.patience is not None:
         settings.patience = args.patience or None  # 0: never stop early
     settings.check()
