@@ -110,8 +110,8 @@ def parse_args(argv=None):
     parser.add_argument("--lr", type=float, default=None,
                         help=f"AdamW peak learning rate (default {DEFAULT_LR}, chosen on the "
                         f"synthetic families of benchmarks/training_suite; with --init "
-                        f"{FINETUNE_LR}, and {STAGE_LR[1]} / {STAGE_LR[2]} for the two stages, "
-                        f"ME-GraphAU's)")
+                        f"{FINETUNE_LR} for the head (see docs/training.md), and "
+                        f"{STAGE_LR[1]} / {STAGE_LR[2]} for the two stages, ME-GraphAU's)")
     parser.add_argument("--lr-schedule", choices=LR_SCHEDULES, default="warmup-cosine",
                         help="linear warm-up then cosine decay over --epochs, or constant")
     parser.add_argument("--warmup-epochs", type=float, default=DEFAULT_WARMUP_EPOCHS,
