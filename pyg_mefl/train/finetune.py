@@ -80,7 +80,7 @@ class FinetuneSettings:
             augmentation.
     """
     recipe: str = "fine-tune"
-    epochs: int = 6
+    epochs: int = 10
     batch_size: int = 16
     lr: Optional[float] = None
     backbone_lr_scale: float = 0.1
