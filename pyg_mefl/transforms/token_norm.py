@@ -83,9 +83,9 @@ class TokenNorm(BaseTransform):
     @classmethod
     def from_state_dict(cls, state: Dict[str, object]) -> "TokenNorm":
         """The transform that :meth:`state_dict` described."""
-        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-        if not isinstance(state, dict) or not {"name", "steps"} <= set(state) \
-                or not set(state) <= {"name", "steps", "version"}:
+        if not (isinstance(state, dict)
+                and {"name", "steps"} <= set(state) <= {"name", "steps", "version"}):
+            keys = sorted(state) if isinstance(state, dict) else type(state).__name__
             raise KeyError(f"{CHECKPOINT_KEY}: expected the keys ['name', 'steps', 'version'], "
                            f"got {keys}")
         transform = cls(state["name"])
